@@ -1,0 +1,1 @@
+"""The dnax command line (typer + rich)."""

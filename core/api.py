@@ -1,0 +1,104 @@
+"""The library API: what the CLI does, callable from research code."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from attrs import define, field
+
+from .config import PipelineConfig, load_config
+from .errors import ArtifactError
+from .rundir import RunDir
+from .runner import STAGE_NAMES, build_plan, instantiate, load_result
+from .runner import run as _run
+from .types import BlockRanking, Plan, Selection
+
+
+def _registry(registry: Any) -> Any:
+    if registry is not None:
+        return registry
+    from dnax.registry import get_registry
+
+    return get_registry()
+
+
+def load_pipeline(source: str | os.PathLike | Mapping[str, Any] | PipelineConfig,
+                  registry: Any = None) -> PipelineConfig:
+    """Load and validate a pipeline from a TOML path or a dict (paths relative to the cwd)."""
+    if isinstance(source, PipelineConfig):
+        return source
+    return load_config(source if isinstance(source, Mapping) else Path(source),
+                       _registry(registry))
+
+
+def plan(source: Any, registry: Any = None) -> Plan:
+    """The search plan of a pipeline: per block the teacher's spec and its candidate count."""
+    config = load_pipeline(source, registry)
+    return build_plan(config, instantiate(config, _registry(registry)))
+
+
+def default_run_dir(config: PipelineConfig) -> Path:
+    return Path("runs") / config.pipeline.name
+
+
+def run_pipeline(source: Any, run_dir: str | os.PathLike | None = None, *,
+                 registry: Any = None, force: str | None = None, until: str | None = None
+                 ) -> Run:
+    """Run (or resume) a pipeline, as ``dnax run`` does, and return the finished :class:`Run`."""
+    reg = _registry(registry)
+    config = load_pipeline(source, reg)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    _run(config, reg, run_dir, force=force, until=until)
+    return load_run(run_dir)
+
+
+@define
+class Run:
+    """A run directory read back: resolved config, each finished stage's result, report."""
+
+    run_dir: RunDir
+    config: dict[str, Any]
+    results: dict[str, Any] = field(factory=dict)
+    report: dict[str, Any] | None = None
+
+    @property
+    def selection(self) -> Selection | None:
+        return self.results.get("select")
+
+    def ranking(self, block: int) -> BlockRanking:
+        """Every candidate of ``block`` with its scores and costs."""
+        rank = self.results.get("rank")
+        if rank is None:
+            raise ArtifactError(f"{self.run_dir.root}: the rank stage has not finished")
+        for ref in rank.blocks:
+            if ref.block == block:
+                return self.run_dir.load_ranking(ref)
+        raise ArtifactError(f"{self.run_dir.root}: no ranking for block {block} "
+                            f"(blocks: {[r.block for r in rank.blocks]})")
+
+    def rankings(self) -> list[BlockRanking]:
+        rank = self.results.get("rank")
+        return [] if rank is None else [self.run_dir.load_ranking(r) for r in rank.blocks]
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run directory written by :func:`run_pipeline` or ``dnax run``."""
+    rd = RunDir(run_dir)
+    cfg_path = rd.path("config.toml")
+    if not cfg_path.exists():
+        raise ArtifactError(f"{rd.root}: not a dnax run directory (no config.toml)")
+    try:
+        config = tomllib.loads(cfg_path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ArtifactError(f"{cfg_path}: invalid TOML ({e})") from None
+    results = {}
+    for name in STAGE_NAMES:
+        result = load_result(rd, name)
+        if result is not None:
+            results[name] = result
+    report = rd.read_json("report.json", kind="report") if rd.exists("report.json") else None
+    return Run(rd, config, results, report)

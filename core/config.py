@@ -1,0 +1,377 @@
+"""Pipelines in TOML: one table per interface, ``plugin = "name"`` plus that plugin's arguments.
+
+Each plugin's arguments are validated by its attrs config class through a strict cattrs converter
+(unknown keys refused, no silent coercion, paths resolved relative to the TOML file). Every
+problem found becomes one line ``$.table.key: what is wrong``; all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import field, frozen
+from cattrs.cols import (
+    is_mapping,
+    is_sequence,
+    list_structure_factory,
+    mapping_structure_factory,
+)
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from .errors import ConfigError, PluginError
+
+#: pipeline tables in stage order; ``costs`` is an array of tables
+TABLES = ("data", "teacher", "space", "trainer", "evaluator", "costs", "selector", "retrainer")
+REQUIRED = ("data", "teacher", "space")
+
+
+# --- validators plugins use in their config classes ------------------------------------------
+
+def positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a number (or every number of a sequence) must be > 0."""
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if v is not None and not v > 0:
+            raise ValueError(f"must be > 0, got {_show(v)}")
+
+
+def non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """attrs validator: a number (or every number of a sequence) must be >= 0."""
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+        if v is not None and v < 0:
+            raise ValueError(f"must be >= 0, got {_show(v)}")
+
+
+def existing_path(_inst: Any, attribute: attrs.Attribute, value: Path | None) -> None:
+    """attrs validator: the path (if given) must exist."""
+    if value is not None and not Path(value).exists():
+        raise ValueError(f"no such file or folder: {value}")
+
+
+# --- the pipeline's own settings -------------------------------------------------------------
+
+@frozen
+class PipelineSettings:
+    """The ``[pipeline]`` table: settings every stage shares."""
+
+    name: str = field(default="dnax", metadata={"help": "name shown in reports"})
+    seed: int = field(default=0, validator=non_negative,
+                      metadata={"help": "seed of every random choice (data order, paths, init)"})
+    device: str = field(default="auto",
+                        metadata={"help": "'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'"})
+    resolution: int = field(default=224, validator=positive,
+                            metadata={"help": "image side in pixels the teacher sees"})
+    deterministic: bool = field(default=False, metadata={
+        "help": "deterministic torch algorithms (slower; for reproducible runs)"})
+
+
+@frozen
+class Section:
+    """One pipeline table: the plugin's name and its validated config instance."""
+
+    kind: str
+    plugin: str
+    config: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, **_drop_none(_unstructurer.unstructure(self.config))}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+@frozen
+class PipelineConfig:
+    """A loaded, validated pipeline."""
+
+    pipeline: PipelineSettings
+    sections: Mapping[str, Section]
+    costs: tuple[Section, ...] = ()
+    source: Path | None = None
+
+    def section(self, kind: str) -> Section | None:
+        return self.sections.get(kind)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved pipeline (defaults filled in, paths absolute), as TOML would hold it."""
+        out: dict[str, Any] = {"pipeline": _unstructurer.unstructure(self.pipeline)}
+        for kind in TABLES:
+            if kind == "costs":
+                if self.costs:
+                    out["costs"] = [c.to_dict() for c in self.costs]
+            elif kind in self.sections:
+                out[kind] = self.sections[kind].to_dict()
+        return out
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def load_config(source: str | Path | Mapping[str, Any], registry: Any,
+                base_dir: str | Path | None = None) -> PipelineConfig:
+    """Load a pipeline from a TOML path or a dict; raise :class:`ConfigError` with every problem.
+
+    ``registry`` resolves plugin names (see :func:`dnax.registry.get_registry`). Relative paths
+    resolve against the TOML file's folder (or ``base_dir``, or the working directory).
+    """
+    path: Path | None = None
+    if isinstance(source, Mapping):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such pipeline file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+        base_dir = base_dir or path.parent
+    base = Path(base_dir or Path.cwd()).resolve()
+    problems: list[str] = []
+
+    for key in raw:
+        if key not in (*TABLES, "pipeline"):
+            problems.append(f"$.{key}: unknown table{_suggest(key, (*TABLES, 'pipeline'))}")
+    for key in REQUIRED:
+        if key not in raw:
+            problems.append(f"$.{key}: required table missing")
+
+    conv = _converter(base)
+    settings = _structure(conv, raw.get("pipeline", {}), PipelineSettings, "$.pipeline", problems)
+    sections: dict[str, Section] = {}
+    costs: list[Section] = []
+    for kind in TABLES:
+        if kind not in raw:
+            continue
+        if kind == "costs":
+            tables = raw[kind] if isinstance(raw[kind], list) else None
+            if tables is None:
+                problems.append(f"$.costs: expected an array of tables ([[costs]]), got "
+                                f"{_show(raw[kind])}")
+                continue
+            for i, table in enumerate(tables):
+                sec = _section(conv, registry, kind, table, f"$.costs[{i}]", problems)
+                if sec:
+                    costs.append(sec)
+        else:
+            sec = _section(conv, registry, kind, raw[kind], f"$.{kind}", problems)
+            if sec:
+                sections[kind] = sec
+
+    _check_order(raw, problems)
+    if problems:
+        raise ConfigError(problems)
+    config = PipelineConfig(settings, sections, tuple(costs), path.resolve() if path else None)
+    for kind, sec in [*sections.items(), *(("costs", c) for c in costs)]:
+        cls = registry.get(kind, sec.plugin).cls
+        check = getattr(cls, "check", None)
+        if check is not None:
+            problems += [f"$.{kind}: {msg}" for msg in check(sec.config, config)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _section(conv: cattrs.Converter, registry: Any, kind: str, table: Any, path: str,
+             problems: list[str]) -> Section | None:
+    if not isinstance(table, Mapping):
+        problems.append(f"{path}: expected a table, got {_show(table)}")
+        return None
+    args = dict(table)
+    name = args.pop("plugin", None)
+    if name is None:
+        problems.append(f"{path}.plugin: required key missing (one of: "
+                        f"{', '.join(registry.names(kind)) or 'none registered'})")
+        return None
+    if not isinstance(name, str):
+        problems.append(f"{path}.plugin: expected str, got {_show(name)}")
+        return None
+    try:
+        entry = registry.get(kind, name)
+    except PluginError as e:
+        problems.append(f"{path}.plugin: {e}")
+        return None
+    config = _structure(conv, args, entry.config_cls, path, problems)
+    return None if config is None else Section(kind, name, config)
+
+
+def _structure(conv: cattrs.Converter, data: Any, cls: type, path: str,
+               problems: list[str]) -> Any:
+    if not isinstance(data, Mapping):
+        problems.append(f"{path}: expected a table, got {_show(data)}")
+        return None
+    try:
+        with attrs.validators.disabled():
+            inst = conv.structure(dict(data), cls)
+    except Exception as e:  # cattrs raises exception groups; each leaf is one problem
+        problems.extend(_problems(e, path))
+        return None
+    found = list(_validate(inst, path))
+    problems.extend(found)
+    return None if found else inst
+
+
+def _validate(inst: Any, path: str) -> Iterator[str]:
+    """Run attrs validators field by field so that each failure names its own path."""
+    for a in attrs.fields(type(inst)):
+        value = getattr(inst, a.name)
+        if a.validator is not None:
+            try:
+                a.validator(inst, a, value)
+            except (ValueError, TypeError) as e:
+                yield f"{path}.{a.name}: {e}"
+        if attrs.has(type(value)):
+            yield from _validate(value, f"{path}.{a.name}")
+        elif isinstance(value, tuple):
+            for i, v in enumerate(value):
+                if attrs.has(type(v)):
+                    yield from _validate(v, f"{path}.{a.name}[{i}]")
+
+
+def _problems(exc: BaseException, path: str) -> Iterator[str]:
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for e, note in with_notes:
+            yield from _problems(e, f"{path}.{note.name}")
+        for e in without:
+            yield from _problems(e, path)
+    elif isinstance(exc, IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        for e, note in with_notes:
+            yield from _problems(e, f"{path}[{note.index!r}]")
+        for e in without:
+            yield from _problems(e, path)
+    elif isinstance(exc, ForbiddenExtraKeysError):
+        known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        for key in sorted(exc.extra_fields):
+            yield f"{path}.{key}: unknown key{_suggest(key, known)}"
+    elif isinstance(exc, KeyError):
+        yield f"{path}: required key missing"
+    else:
+        yield f"{path}: {str(exc).strip() or type(exc).__name__}"
+
+
+def _check_order(raw: Mapping[str, Any], problems: list[str]) -> None:
+    """Each stage needs the ones before it: a selector needs an evaluator, and so on."""
+    needs = {"evaluator": "trainer", "selector": "evaluator", "retrainer": "selector"}
+    for kind, before in needs.items():
+        if kind in raw and before not in raw:
+            problems.append(f"$.{before}: required table missing (needed by [{kind}])")
+
+
+# --- the strict converter ---------------------------------------------------------------------
+
+class _TypeProblem(ValueError):
+    pass
+
+
+def _show(v: Any) -> str:
+    try:
+        return json.dumps(v)
+    except TypeError:
+        return repr(v)
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _strict(tname: str, ok: type | tuple[type, ...], cast: Any = None) -> Any:
+    def hook(v: Any, _t: Any) -> Any:
+        if isinstance(v, bool) and bool not in (ok if isinstance(ok, tuple) else (ok,)):
+            raise _TypeProblem(f"expected {tname}, got {_show(v)}")
+        if not isinstance(v, ok):
+            raise _TypeProblem(f"expected {tname}, got {_show(v)}")
+        return cast(v) if cast else v
+
+    return hook
+
+
+def _converter(base: Path) -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict("int", int))
+    conv.register_structure_hook(float, _strict("float", (int, float), float))
+    conv.register_structure_hook(str, _strict("str", str))
+    conv.register_structure_hook(bool, _strict("bool", bool))
+
+    def path_hook(v: Any, _t: Any) -> Path:
+        if not isinstance(v, str):
+            raise _TypeProblem(f"expected a path string, got {_show(v)}")
+        return (base / Path(v).expanduser()).resolve()
+
+    conv.register_structure_hook(Path, path_hook)
+
+    def literal_hook(t: Any) -> Any:
+        allowed = typing.get_args(t)
+
+        def hook(v: Any, _t: Any) -> Any:
+            if v not in allowed or type(v) is not type(next(a for a in allowed if a == v)):
+                raise _TypeProblem(f"expected one of {', '.join(_show(a) for a in allowed)}, "
+                                   f"got {_show(v)}")
+            return v
+
+        return hook
+
+    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, literal_hook)
+
+    def seq_factory(t: Any, c: cattrs.Converter) -> Any:
+        args = typing.get_args(t)
+        is_tuple = typing.get_origin(t) is tuple
+        if is_tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return lambda v, _t: _fixed_tuple(c, v, args)
+        elem = args[0] if args else Any
+        inner = list_structure_factory(list[elem], c)
+
+        def hook(v: Any, _t: Any) -> Any:
+            if not isinstance(v, (list, tuple)):
+                raise _TypeProblem(f"expected a list, got {_show(v)}")
+            out = inner(v, list[elem])
+            return tuple(out) if is_tuple else out
+
+        return hook
+
+    conv.register_structure_hook_factory(is_sequence, seq_factory)
+
+    def map_factory(t: Any, c: cattrs.Converter) -> Any:
+        inner = mapping_structure_factory(t, c)
+
+        def hook(v: Any, _t: Any) -> Any:
+            if not isinstance(v, Mapping):
+                raise _TypeProblem(f"expected a table, got {_show(v)}")
+            return inner(v, t)
+
+        return hook
+
+    conv.register_structure_hook_factory(is_mapping, map_factory)
+    return conv
+
+
+def _fixed_tuple(c: cattrs.Converter, v: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not isinstance(v, (list, tuple)) or len(v) != len(args):
+        raise _TypeProblem(f"expected a list of {len(args)}, got {_show(v)}")
+    return tuple(c.structure(x, a) for x, a in zip(v, args, strict=True))
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    if isinstance(d, list):
+        return [_drop_none(v) for v in d]
+    return d
+
+
+_unstructurer = cattrs.Converter()
+_unstructurer.register_unstructure_hook(Path, str)

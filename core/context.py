@@ -1,0 +1,124 @@
+"""What a stage receives: the config, the plugins, the run directory, the device and the hooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from attrs import define, field, frozen
+
+from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .config import PipelineConfig
+    from .interfaces import (
+        BlockTrainer,
+        CostModel,
+        DataSource,
+        Evaluator,
+        Retrainer,
+        SearchSpace,
+        Selector,
+        Teacher,
+    )
+
+
+@frozen
+class DistInfo:
+    """Where this process stands under torchrun (rank 0 of 1 without it)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@frozen
+class Plugins:
+    """The pipeline's plugin instances (``None`` where the pipeline has no such table)."""
+
+    data: DataSource
+    teacher: Teacher
+    space: SearchSpace
+    trainer: BlockTrainer | None = None
+    evaluator: Evaluator | None = None
+    costs: tuple[CostModel, ...] = ()
+    selector: Selector | None = None
+    retrainer: Retrainer | None = None
+
+
+@define
+class StageContext:
+    """Handed to every stage method. ``results`` holds the earlier stages' results by name."""
+
+    stage: str
+    config: PipelineConfig
+    plugins: Plugins
+    run_dir: RunDir
+    hook: Any
+    device: str = "cpu"
+    dist: DistInfo = field(factory=DistInfo)
+    results: Mapping[str, Any] = field(factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.config.pipeline.seed
+
+    @property
+    def resolution(self) -> int:
+        return self.config.pipeline.resolution
+
+    def progress(self, task: str, completed: int, total: int | None = None, **info: Any) -> None:
+        """Report progress; the CLI renders it, rank 0 only."""
+        if self.dist.is_main:
+            self.hook.dnax_progress(stage=self.stage, task=task, completed=completed,
+                                    total=total, info=info)
+
+    def log(self, message: str) -> None:
+        if self.dist.is_main:
+            self.hook.dnax_log(stage=self.stage, message=message)
+
+    @property
+    def data_config(self) -> Any:
+        """How images are prepared for the teacher at the pipeline's resolution."""
+        return self.plugins.teacher.data_config(self.resolution)
+
+    def loader(self, split: str, batch_size: int, *, shuffle: bool = False,
+               augment: bool = False, drop_last: bool = False, num_workers: int = 0,
+               data_config: Any = None) -> Any:
+        """A DataLoader over the data source's ``split``; sharded with a DistributedSampler under
+        torchrun (``batch_size`` is per process). Shuffling is seeded by the pipeline seed."""
+        import torch
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        dataset = self.plugins.data.dataset(split, data_config or self.data_config,
+                                            augment=augment)
+        sampler = None
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.dist.enabled:
+            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank,
+                                         shuffle=shuffle, seed=self.seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size,
+                          shuffle=shuffle if sampler is None else False, sampler=sampler,
+                          drop_last=drop_last, num_workers=num_workers, generator=generator,
+                          pin_memory=self.device.startswith("cuda"),
+                          persistent_workers=num_workers > 0)

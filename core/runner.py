@@ -1,0 +1,294 @@
+"""The pipeline runner: stages in order, each resumed when nothing it depends on has changed.
+
+Every stage's result is stored in ``stages/<stage>.json`` with the hash of everything it depends
+on: its own config tables plus the hash of the stage before it. On a re-run a stage whose hash is
+unchanged is skipped; the first changed stage and every stage after it run again. A stage that
+was interrupted finds its partial artefacts (checkpoints) in place and resumes from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cattrs
+from attrs import frozen
+
+from .config import PipelineConfig
+from .context import DistInfo, Plugins, StageContext
+from .errors import ArtifactError, ConfigError
+from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
+from .types import (
+    BlockPlan,
+    BlockRanking,
+    Plan,
+    RankResult,
+    RetrainResult,
+    Selection,
+    TeacherResult,
+    TrainResult,
+)
+
+
+@frozen
+class Stage:
+    """A pipeline stage: the tables it depends on, where it writes, what it returns."""
+
+    name: str
+    tables: tuple[str, ...]
+    folders: tuple[str, ...]
+    result_type: type
+    run: Callable[[StageContext], Any]
+
+
+def _teacher(ctx: StageContext) -> TeacherResult:
+    return ctx.plugins.teacher.prepare(ctx)
+
+
+def _train(ctx: StageContext) -> TrainResult:
+    return ctx.plugins.trainer.train(ctx)
+
+
+def _rank(ctx: StageContext) -> RankResult:
+    result = ctx.plugins.evaluator.rank(ctx)
+    blocks = {b.index: b for b in ctx.results["teacher"].blocks}
+    for ref in result.blocks:
+        ctx.hook.dnax_block_ranked(block=blocks[ref.block],
+                                   ranking=ctx.run_dir.load_ranking(ref))
+    return result
+
+
+def _select(ctx: StageContext) -> Selection:
+    teacher: TeacherResult = ctx.results["teacher"]
+    rank: RankResult = ctx.results["rank"]
+    rankings = []
+    for spec, ref in zip(teacher.blocks, rank.blocks, strict=True):
+        r = ctx.run_dir.load_ranking(ref)
+        costs = {c.metric: c.candidate_costs(ctx, spec, r.candidates) for c in ctx.plugins.costs}
+        rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs}))
+    fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
+    selection = ctx.plugins.selector.select(ctx, rankings, fixed)
+    ctx.hook.dnax_selection_made(selection=selection)
+    if ctx.dist.is_main:
+        ctx.run_dir.write_json("selection.json", _conv.unstructure(selection), kind="selection")
+    return selection
+
+
+def _retrain(ctx: StageContext) -> RetrainResult:
+    return ctx.plugins.retrainer.retrain(ctx, ctx.results["select"])
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("teacher", ("pipeline", "data", "teacher"), ("teacher",), TeacherResult, _teacher),
+    Stage("train", ("space", "trainer"), ("supernets",), TrainResult, _train),
+    Stage("rank", ("evaluator",), ("rankings",), RankResult, _rank),
+    Stage("select", ("costs", "selector"), (), Selection, _select),
+    Stage("retrain", ("retrainer",), ("model",), RetrainResult, _retrain),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+_OWNER = {"train": "trainer", "rank": "evaluator", "select": "selector", "retrain": "retrainer"}
+
+_conv = cattrs.Converter()
+
+
+def configured_stages(config: PipelineConfig) -> list[Stage]:
+    """The stages a pipeline runs: teacher, then each stage whose table is present."""
+    return [s for s in STAGES if s.name == "teacher" or _OWNER[s.name] in config.sections]
+
+
+def instantiate(config: PipelineConfig, registry: Any) -> Plugins:
+    """Build every plugin of ``config`` from ``registry``."""
+    def make(kind: str) -> Any:
+        sec = config.section(kind)
+        return None if sec is None else registry.create_plugin(kind, sec.plugin, sec.config)
+
+    costs = tuple(registry.create_plugin("costs", c.plugin, c.config) for c in config.costs)
+    return Plugins(data=make("data"), teacher=make("teacher"), space=make("space"),
+                   trainer=make("trainer"), evaluator=make("evaluator"), costs=costs,
+                   selector=make("selector"), retrainer=make("retrainer"))
+
+
+def build_plan(config: PipelineConfig, plugins: Plugins) -> Plan:
+    """What the pipeline will search, from the teacher's blocks and the space's cells."""
+    res = config.pipeline.resolution
+    blocks = plugins.teacher.blocks(res)
+    return Plan(
+        teacher=config.sections["teacher"].plugin,
+        space=config.sections["space"].plugin,
+        resolution=res,
+        blocks=tuple(BlockPlan(b, plugins.space.cells(b)) for b in blocks),
+    )
+
+
+def stage_hashes(config: PipelineConfig) -> dict[str, str]:
+    """The hash of each configured stage: its tables plus the previous stage's hash."""
+    tables = config.to_dict()
+    settings = dict(tables["pipeline"])
+    settings.pop("name", None)
+    settings.pop("device", None)  # moving a run between devices keeps its results
+    tables["pipeline"] = settings
+    prev = f"dnax-format-{FORMAT_VERSION}"
+    out = {}
+    for stage in configured_stages(config):
+        body = json.dumps([prev, {t: tables.get(t) for t in stage.tables}], sort_keys=True)
+        prev = out[stage.name] = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return out
+
+
+def resolve_device(name: str, dist: DistInfo) -> str:
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.enabled:
+        name = f"cuda:{dist.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"$.pipeline.device: {name!r} asked for, but no CUDA device is present")
+    return name
+
+
+def _setup(config: PipelineConfig, dist: DistInfo) -> str:
+    import numpy as np
+    import torch
+
+    device = resolve_device(config.pipeline.device, dist)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+    seed = config.pipeline.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if config.pipeline.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
+        *, force: str | None = None, until: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the pipeline in ``run_dir``; return each stage's result by name.
+
+    ``force`` re-runs from that stage on even when nothing changed; ``until`` stops after it.
+    """
+    stages = configured_stages(config)
+    names = [s.name for s in stages]
+    for opt, value in (("--force", force), ("--until", until)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{opt}: unknown stage {value!r} (stages: {', '.join(names)})")
+    rd = RunDir(run_dir)
+    dist = DistInfo.from_env()
+    device = _setup(config, dist)
+    plugins = instantiate(config, registry)
+    hook = registry.hook
+    if dist.is_main:
+        rd.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rd.path("config.toml"), config.to_toml())
+    dist.barrier()
+
+    hashes = stage_hashes(config)
+    results: dict[str, Any] = {}
+    timings: dict[str, dict[str, Any]] = {}
+    hook.dnax_pipeline_start(config=config, run_dir=rd.root)
+    rerun = False
+    for stage in stages:
+        rerun = rerun or stage.name == force
+        done = None if rerun else _finished(rd, stage, hashes[stage.name])
+        ctx = StageContext(stage.name, config, plugins, rd, hook, device, dist, dict(results))
+        hook.dnax_stage_start(stage=stage.name, run_dir=rd.root)
+        t0 = time.perf_counter()
+        if done is not None:
+            results[stage.name] = done
+        else:
+            rerun = True  # everything after a re-run stage runs again
+            if dist.is_main:
+                _begin(rd, stage, hashes[stage.name])
+            dist.barrier()
+            results[stage.name] = stage.run(ctx)
+            if dist.is_main:
+                rd.write_json(f"stages/{stage.name}.json", {
+                    "hash": hashes[stage.name],
+                    "seconds": time.perf_counter() - t0,
+                    "result": _conv.unstructure(results[stage.name]),
+                }, kind="stage")
+            dist.barrier()
+        seconds = time.perf_counter() - t0
+        timings[stage.name] = {"seconds": round(seconds, 3), "skipped": done is not None}
+        hook.dnax_stage_end(stage=stage.name, run_dir=rd.root, result=results[stage.name],
+                            skipped=done is not None, seconds=seconds)
+        if stage.name == until:
+            break
+    if dist.is_main:
+        rd.write_json("report.json", make_report(config, results, timings), kind="report")
+    hook.dnax_pipeline_end(config=config, run_dir=rd.root, results=results)
+    return results
+
+
+def _finished(rd: RunDir, stage: Stage, digest: str) -> Any:
+    """The stored result of ``stage`` if it finished with the same hash, else None."""
+    rel = f"stages/{stage.name}.json"
+    if not rd.exists(rel):
+        return None
+    record = rd.read_json(rel, kind="stage")
+    if record.get("hash") != digest:
+        return None
+    try:
+        return _conv.structure(record["result"], stage.result_type)
+    except Exception as e:
+        raise ArtifactError(f"{rd.path(rel)}: stored result does not fit "
+                            f"{stage.result_type.__name__} ({e}); re-run with --force "
+                            f"{stage.name}") from None
+
+
+def _begin(rd: RunDir, stage: Stage, digest: str) -> None:
+    """Mark ``stage`` as started with ``digest``; a different earlier start clears its folders
+    (its partial artefacts were made for another config), the same one keeps them to resume."""
+    marker = f"stages/{stage.name}.started.json"
+    started = rd.read_json(marker, kind="stage-start") if rd.exists(marker) else None
+    done = rd.path(f"stages/{stage.name}.json")
+    if started is None or started.get("hash") != digest or done.exists():
+        for folder in stage.folders:
+            shutil.rmtree(rd.path(folder), ignore_errors=True)
+    done.unlink(missing_ok=True)
+    rd.write_json(marker, {"hash": digest}, kind="stage-start")
+
+
+def make_report(config: PipelineConfig, results: Mapping[str, Any],
+                timings: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary ``dnax run`` prints and stores as report.json."""
+    report: dict[str, Any] = {"pipeline": config.pipeline.name, "stages": dict(timings)}
+    if "teacher" in results:
+        t: TeacherResult = results["teacher"]
+        report["teacher"] = {"model": t.model, **t.metrics}
+    if "train" in results:
+        report["supernets"] = {f"block{b.block}": b.loss for b in results["train"].blocks}
+    if "select" in results:
+        s: Selection = results["select"]
+        report["selection"] = {"candidates": list(s.candidates), "score": s.score, **s.costs}
+    if "retrain" in results:
+        report["student"] = dict(results["retrain"].metrics)
+    return report
+
+
+def load_result(rd: RunDir, stage: str) -> Any:
+    """A stage's stored result, or None when it has not finished."""
+    spec = next(s for s in STAGES if s.name == stage)
+    rel = f"stages/{stage}.json"
+    if not rd.exists(rel):
+        return None
+    record = rd.read_json(rel, kind="stage")
+    return _conv.structure(record["result"], spec.result_type)
+
+
+def unstructure(value: Any) -> Any:
+    return _conv.unstructure(value)
+

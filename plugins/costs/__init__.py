@@ -1,0 +1,1 @@
+"""Cost models: additive per-candidate costs (params, FLOPs, latency)."""

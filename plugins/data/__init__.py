@@ -1,0 +1,1 @@
+"""Data sources: real images split into train / heldout / val."""

@@ -1,0 +1,1 @@
+"""Evaluators: score every candidate of every block on held-out images."""

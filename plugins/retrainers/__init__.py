@@ -1,0 +1,1 @@
+"""Retrainers: train the selected network from scratch and export it."""

@@ -1,0 +1,1 @@
+"""Selectors: pick the best network under budgets."""

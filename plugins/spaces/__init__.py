@@ -1,0 +1,1 @@
+"""Search spaces: per block, cells of layers, each layer choosing among ops."""

@@ -1,0 +1,1 @@
+"""Teachers: trained networks cut into blocks at stage boundaries."""

@@ -1,0 +1,1 @@
+"""Block trainers: distil every block's supernet from the teacher."""
