@@ -124,6 +124,11 @@ class SearchSpace(Plugin, ABC):
         """The timm arch def of the whole network: fixed stages plus one chosen candidate per
         block."""
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """Other arguments of timm's ``EfficientNet`` for the whole network (stem_size,
+        num_features, act_layer name, ...); JSON-serialisable."""
+        return {}
+
     @abstractmethod
     def fingerprint(self) -> str:
         """A hash of everything that decides the space; stored beside trained weights."""

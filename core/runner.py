@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import cattrs
 from attrs import frozen
 
@@ -74,6 +75,10 @@ def _select(ctx: StageContext) -> Selection:
         rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs}))
     fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
     selection = ctx.plugins.selector.select(ctx, rankings, fixed)
+    chosen = [r.candidates[i] for r, i in zip(rankings, selection.candidates, strict=True)]
+    arch = ctx.plugins.space.arch_def(teacher.blocks, chosen)
+    selection = attrs.evolve(selection, arch_def=tuple(tuple(s) for s in arch),
+                             model_kwargs=ctx.plugins.space.model_kwargs())
     ctx.hook.dnax_selection_made(selection=selection)
     if ctx.dist.is_main:
         ctx.run_dir.write_json("selection.json", _conv.unstructure(selection), kind="selection")

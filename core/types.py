@@ -172,8 +172,11 @@ class Selection:
     candidates: tuple[int, ...]
     score: float
     costs: dict[str, float]
-    arch_def: tuple[tuple[str, ...], ...]
     budgets: dict[str, float] = field(factory=dict)
+    #: filled by the runner from the search space: the whole network's timm arch def and the
+    #: other ``timm.models.efficientnet.EfficientNet`` arguments (stem_size, num_features, ...)
+    arch_def: tuple[tuple[str, ...], ...] = ()
+    model_kwargs: dict[str, Any] = field(factory=dict)
 
 
 @frozen
