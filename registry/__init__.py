@@ -86,6 +86,7 @@ class Registry:
         self.tables: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self.failures: list[PluginFailure] = []
         self._origins: dict[str, Origin] = {}
+        self._strict: dict[str, bool] = {}  # errors of built-in/explicit plugins raise
 
     @property
     def hook(self) -> Any:
@@ -138,13 +139,15 @@ class Registry:
                 raise
             self.failures.append(PluginFailure(name, origin.distribution, _first_line(e)))
             return
-        self._origins[self.pm.get_name(plugin) or name] = origin
+        key = self.pm.get_name(plugin) or name
+        self._origins[key] = origin
+        self._strict[key] = strict
 
     def _collect(self) -> None:
         for kind, hookname in HOOKS.items():
             for impl in getattr(self.pm.hook, hookname).get_hookimpls():
                 origin = self._origins[impl.plugin_name]
-                strict = origin.distribution == "dnax"
+                strict = self._strict[impl.plugin_name]
 
                 def register(name: str, cls: type, config_cls: type | None = None, *,
                              _kind: str = kind, _origin: Origin = origin) -> None:

@@ -1,0 +1,191 @@
+"""The ``dnax`` commands. Each builds the registry, calls the kernel and renders what comes back.
+
+Expected mistakes (:class:`dnax.UserError`) print one line per problem on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+
+import dnax
+from dnax.cli import render
+from dnax.registry import get_registry
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  add_completion=False, help="Block-wisely supervised NAS with knowledge "
+                  "distillation (DNA).")
+bench_app = typer.Typer(no_args_is_help=True, help="Measure the speed of each stage.")
+app.add_typer(bench_app, name="bench")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn an expected mistake into one line per problem on stderr and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except dnax.UserError as e:
+            for line in e.problems:
+                err.print(f"error: {line}", markup=False)
+            raise typer.Exit(2) from None
+        except dnax.DivergenceError as e:
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"dnax {dnax.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False
+          ) -> None:
+    """dnax: search a network block by block against a teacher, then retrain it."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return dnax.runner.unstructure(o)
+
+
+PipelineArg = Annotated[Path, typer.Argument(help="Pipeline TOML file.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+@app.command()
+@user_errors
+def run(
+    pipeline: PipelineArg,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory [default: runs/<name>].")
+                       ] = None,
+    force: Annotated[str | None, typer.Option(help="Re-run from this stage on.")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+) -> None:
+    """Run a pipeline, resuming whatever an earlier run of it finished."""
+    from dnax.cli.observer import RichObserver
+
+    registry = get_registry()
+    _warn_failures(registry)
+    config = dnax.load_pipeline(pipeline, registry)
+    dist = dnax.DistInfo.from_env()
+    observer = RichObserver(out) if dist.is_main else None
+    if observer is not None:
+        registry.pm.register(observer, name="dnax-cli-observer")
+    try:
+        target = run_dir or dnax.api.default_run_dir(config)
+        dnax.runner.run(config, registry, target, force=force, until=until)
+    finally:
+        if observer is not None:
+            registry.pm.unregister(observer)
+    if dist.is_main:
+        result = dnax.load_run(target)
+        if result.selection is not None:
+            out.print(render.selection_table(result.selection))
+        if result.report:
+            out.print(render.report_table(result.report))
+
+
+@app.command()
+@user_errors
+def validate(pipeline: PipelineArg, as_json: JsonOpt = False) -> None:
+    """Check a pipeline and print its plan: the teacher's blocks and the size of the space."""
+    registry = get_registry()
+    config = dnax.load_pipeline(pipeline, registry)
+    plan = dnax.runner.build_plan(config, dnax.runner.instantiate(config, registry))
+    if as_json:
+        _print_json({"valid": True, "stages": [s.name for s in
+                                              dnax.runner.configured_stages(config)],
+                     "plan": plan.to_json()})
+    else:
+        out.print(render.plan_table(plan))
+        out.print(f"[green]valid[/]: {pipeline}")
+
+
+@app.command()
+def plugins(as_json: JsonOpt = False) -> None:
+    """List every registered plugin per kind, with the distribution it came from."""
+    registry = get_registry()
+    data = registry.to_json()
+    if as_json:
+        _print_json(data)
+        return
+    out.print(render.plugins_table(data))
+    _warn_failures(registry)
+
+
+def _warn_failures(registry: Any) -> None:
+    for f in registry.failures:
+        err.print(f"warning: {f}", markup=False)
+
+
+@app.command()
+@user_errors
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    block: Annotated[int | None, typer.Option(help="Only this block's ranking.")] = None,
+    top: Annotated[int, typer.Option(help="Candidates shown per block.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run: stage status, block rankings, the selected network and the report."""
+    from dnax.runner import STAGE_NAMES
+
+    run_ = dnax.load_run(run_dir)
+    rankings = [run_.ranking(block)] if block is not None else run_.rankings()
+    key = run_.results["rank"].key if "rank" in run_.results else "nmae"
+    if as_json:
+        _print_json({
+            "run_dir": str(run_.run_dir.root),
+            "finished": [s for s in STAGE_NAMES if s in run_.results],
+            "rankings": [_ranking_json(r, key, top) for r in rankings],
+            "selection": run_.selection,
+            "report": run_.report,
+        })
+        return
+    out.print(render.stages_table(run_, STAGE_NAMES))
+    for r in rankings:
+        out.print(render.ranking_table(r, key, top))
+    if run_.selection is not None:
+        out.print(render.selection_table(run_.selection))
+    if run_.report:
+        out.print(render.report_table(run_.report))
+
+
+def _ranking_json(r: dnax.BlockRanking, key: str, top: int) -> dict[str, Any]:
+    order = np.argsort(np.asarray(r.scores[key]), kind="stable")[:top]
+    return {
+        "block": r.block,
+        "num_candidates": len(r.candidates),
+        "key": key,
+        "top": [{"rank": k + 1, "index": int(i), "cell": r.candidates[i].cell,
+                 "ops": list(r.candidates[i].ops), "arch": list(r.candidates[i].arch),
+                 "scores": {n: float(v[i]) for n, v in r.scores.items()},
+                 "costs": {n: float(v[i]) for n, v in r.costs.items()}}
+                for k, i in enumerate(order)],
+    }

@@ -1,0 +1,178 @@
+"""The runner: stage order, resume by hash, --force, artefacts, hooks, library API."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+from standins import CALLS
+
+import dnax
+from dnax.rundir import RunDir, atomic_write
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @dnax.hookimpl
+    def dnax_pipeline_start(self, config, run_dir):
+        self.events.append("pipeline_start")
+
+    @dnax.hookimpl
+    def dnax_stage_end(self, stage, run_dir, result, skipped, seconds):
+        self.events.append(f"{stage}:{'skip' if skipped else 'run'}")
+
+    @dnax.hookimpl
+    def dnax_block_trained(self, block, epoch, losses, final):
+        self.events.append(f"trained{block.index}")
+
+    @dnax.hookimpl
+    def dnax_block_ranked(self, block, ranking):
+        self.events.append(f"ranked{block.index}:{len(ranking.candidates)}")
+
+    @dnax.hookimpl
+    def dnax_selection_made(self, selection):
+        self.events.append("selected")
+
+    @dnax.hookimpl
+    def dnax_pipeline_end(self, config, run_dir, results):
+        self.events.append("pipeline_end")
+
+
+def test_full_run_then_resume_skips_everything(registry, pipeline, tmp_path):
+    rec = Recorder()
+    registry.pm.register(rec)
+    run = dnax.run_pipeline(pipeline, tmp_path / "r", registry=registry)
+    assert rec.events == ["pipeline_start", "teacher:run", "trained0", "trained1", "train:run",
+                          "ranked0:4", "ranked1:4", "rank:run", "selected", "select:run",
+                          "retrain:run", "pipeline_end"]
+    assert set(run.results) == {"teacher", "train", "rank", "select", "retrain"}
+    sel = run.selection
+    assert sel.costs["params"] <= 116
+    assert sel.arch_def[0] == ("ds_r1_k3_s1_c8",) and sel.model_kwargs == {"stem_size": 8}
+    # exactly the brute-force optimum of the stored rankings
+    r0, r1 = run.ranking(0), run.ranking(1)
+    best = min((r0.scores["nmae"][i] + r1.scores["nmae"][j], (i, j))
+               for i in range(4) for j in range(4)
+               if 100 + sum(int(a[7]) for a in r0.candidates[i].arch + r1.candidates[j].arch)
+               <= 116)
+    assert sel.candidates == best[1]
+    rec.events.clear()
+    dnax.run_pipeline(pipeline, tmp_path / "r", registry=registry)
+    assert rec.events[1:-1] == ["teacher:skip", "train:skip", "rank:skip", "select:skip",
+                                "retrain:skip"]
+    assert dict(CALLS) == {"teacher": 1, "train": 1, "rank": 1, "select": 1, "retrain": 1}
+
+
+def test_a_change_reruns_that_stage_and_all_after_it(registry, pipeline, tmp_path):
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    CALLS.clear()
+    pipeline["evaluator"]["seed"] = 1
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    assert dict(CALLS) == {"rank": 1, "select": 1, "retrain": 1}
+    CALLS.clear()
+    pipeline["pipeline"]["name"] = "renamed"  # name and device do not invalidate results
+    pipeline["pipeline"]["device"] = "cpu"
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    assert dict(CALLS) == {}
+    pipeline["pipeline"]["seed"] = 7
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    assert dict(CALLS) == {"teacher": 1, "train": 1, "rank": 1, "select": 1, "retrain": 1}
+
+
+def test_force_reruns_from_a_stage(registry, pipeline, tmp_path):
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    CALLS.clear()
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry, force="select")
+    assert dict(CALLS) == {"select": 1, "retrain": 1}
+    with pytest.raises(dnax.ConfigError, match="--force: unknown stage 'selct'"):
+        dnax.run_pipeline(pipeline, tmp_path, registry=registry, force="selct")
+
+
+def test_until_and_partial_pipelines(registry, pipeline, tmp_path):
+    dnax.run_pipeline(pipeline, tmp_path / "a", registry=registry, until="train")
+    assert dict(CALLS) == {"teacher": 1, "train": 1}
+    for key in ("retrainer", "selector", "costs", "evaluator"):
+        del pipeline[key]
+    run = dnax.run_pipeline(pipeline, tmp_path / "b", registry=registry)
+    assert set(run.results) == {"teacher", "train"}
+
+
+def test_a_failed_stage_keeps_earlier_results_and_resumes(registry, pipeline, tmp_path):
+    pipeline["trainer"]["fail_at_block"] = 1
+    with pytest.raises(RuntimeError, match="stand-in failure"):
+        dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    rd = RunDir(tmp_path)
+    assert rd.exists("stages/teacher.json") and not rd.exists("stages/train.json")
+    # block 0's artefact written before the failure stays for the stage to resume from
+    assert rd.exists("supernets/block0.safetensors")
+    del pipeline["trainer"]["fail_at_block"]  # a changed config: the stage starts clean
+    CALLS.clear()
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    assert CALLS["teacher"] == 0 and CALLS["train"] == 1
+
+
+def test_resolved_config_and_report_are_written(registry, pipeline, tmp_path):
+    run = dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    written = tomllib.loads((tmp_path / "config.toml").read_text())
+    assert written["trainer"] == {"plugin": "standin", "epochs": 1, "mode": "fast"}
+    assert written["selector"]["budgets"] == {"params": 116.0}
+    assert run.report["student"] == {"top1": 0.9}
+    assert set(run.report["stages"]) == {"teacher", "train", "rank", "select", "retrain"}
+    assert json.loads((tmp_path / "selection.json").read_text())["format"] == "selection"
+    assert dnax.load_run(tmp_path).selection == run.selection
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_run_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(dnax.ArtifactError, match="not a dnax run directory"):
+        dnax.load_run(tmp_path)
+
+
+def test_artefact_of_another_format_version_is_refused(registry, pipeline, tmp_path):
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    path = tmp_path / "stages" / "rank.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(dnax.ArtifactError, match="format version 99"):
+        dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+
+
+def test_truncated_safetensors_is_refused(registry, pipeline, tmp_path):
+    run = dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    path = tmp_path / "rankings" / "block0.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(dnax.ArtifactError, match="not a readable safetensors file"):
+        run.ranking(0)
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
+    target = tmp_path / "f.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_write(target, "w") as f:
+        f.write("new, half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_resume_state_refuses_pickled_objects(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "resume.pt").write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(dnax.ArtifactError, match="cannot load resume state"):
+        RunDir(tmp_path).load_state("resume.pt")
+
+
+def test_plan_counts_candidates(registry, pipeline):
+    plan = dnax.plan(pipeline, registry)
+    assert [b.num_candidates for b in plan.blocks] == [4, 4]
+    assert plan.num_networks == 16
+    assert plan.to_json()["blocks"][1]["in_chs"] == 16
