@@ -189,3 +189,20 @@ def _ranking_json(r: dnax.BlockRanking, key: str, top: int) -> dict[str, Any]:
                  "costs": {n: float(v[i]) for n, v in r.costs.items()}}
                 for k, i in enumerate(order)],
     }
+
+
+@app.command("config-reference", hidden=True)
+def config_reference_cmd(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")
+                      ] = None,
+) -> None:
+    """Print the configuration reference (docs/config.md) from the plugins' config classes."""
+    from dnax.cli.reference import config_reference
+    from dnax.registry import Registry
+    from dnax.rundir import atomic_write_text
+
+    text = config_reference(Registry.create(entry_points=False))
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output, text)

@@ -1,4 +1,4 @@
-"""Error types. A :class:`UserError` is an expected mistake: the CLI prints its lines and exits 2."""
+"""Error types. A :class:`UserError` is an expected mistake: the CLI prints it and exits 2."""
 
 from __future__ import annotations
 

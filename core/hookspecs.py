@@ -56,7 +56,7 @@ def dnax_register_evaluators(register: Register) -> None:
 
 @hookspec
 def dnax_register_costs(register: Register) -> None:
-    """Register cost models such as params, FLOPs, latency (subclasses of :class:`dnax.CostModel`)."""
+    """Register cost models: params, FLOPs, latency (subclasses of :class:`dnax.CostModel`)."""
 
 
 @hookspec

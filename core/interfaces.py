@@ -98,7 +98,7 @@ class Teacher(Plugin, ABC):
     @abstractmethod
     def block_features(self, model: torch.nn.Module, images: torch.Tensor
                        ) -> list[torch.Tensor]:
-        """One teacher forward: ``[input of block 0, output of block 0, ..., output of block N-1]``."""
+        """One teacher forward: ``[input of block 0, output of block 0, ..., of block N-1]``."""
 
 
 class SearchSpace(Plugin, ABC):

@@ -194,11 +194,12 @@ class StandinSelector(dnax.Selector):
         CALLS["select"] += 1
         best = None
         for choice in itertools.product(*(range(len(r.candidates)) for r in rankings)):
-            costs = {m: fixed_costs[m] + sum(r.costs[m][i] for r, i in zip(rankings, choice))
+            picked = list(zip(rankings, choice, strict=True))
+            costs = {m: fixed_costs[m] + sum(r.costs[m][i] for r, i in picked)
                      for m in fixed_costs}
             if any(costs[m] > b for m, b in self.config.budgets.items()):
                 continue
-            score = float(sum(r.scores["nmae"][i] for r, i in zip(rankings, choice)))
+            score = float(sum(r.scores["nmae"][i] for r, i in picked))
             if best is None or score < best[0]:
                 best = (score, choice, costs)
         if best is None:

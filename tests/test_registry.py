@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from standins import StandinPlugin, StandinTrainer
 
 import dnax
 from dnax.registry import Registry
+from standins import StandinPlugin, StandinTrainer
 
 
 def test_builtins_and_standins_are_listed_with_their_origin(registry):

@@ -6,10 +6,10 @@ import json
 import tomllib
 
 import pytest
-from standins import CALLS
 
 import dnax
 from dnax.rundir import RunDir, atomic_write
+from standins import CALLS
 
 
 class Recorder:

@@ -1,0 +1,92 @@
+"""The CLI: exit codes, one line per problem, JSON outputs, run + inspect."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+import dnax
+from dnax.cli.app import app
+
+cli = CliRunner()
+
+
+@pytest.fixture
+def use_registry(monkeypatch, registry):
+    monkeypatch.setattr("dnax.cli.app.get_registry", lambda: registry)
+    return registry
+
+
+def _write(tmp_path, pipeline, name="p.toml"):
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(pipeline))
+    return path
+
+
+def test_version():
+    res = cli.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"dnax {dnax.__version__}"
+
+
+def test_validate_prints_exactly_the_two_problems_and_exits_2(use_registry, pipeline,
+                                                               tmp_path):
+    pipeline["trainer"]["epochs"] = "ten"
+    pipeline["trainer"]["epoch"] = 3
+    res = cli.invoke(app, ["validate", str(_write(tmp_path, pipeline))])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert sorted(lines) == sorted(['error: $.trainer.epochs: expected int, got "ten"',
+                                    "error: $.trainer.epoch: unknown key (did you mean "
+                                    "'epochs'?)"])
+    assert "Traceback" not in res.output
+
+
+def test_validate_json_prints_the_plan(use_registry, pipeline, tmp_path):
+    res = cli.invoke(app, ["validate", "--json", str(_write(tmp_path, pipeline))])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["stages"] == ["teacher", "train", "rank", "select", "retrain"]
+    assert [(b["in_chs"], b["out_chs"], b["stride"], b["out_size"], b["num_candidates"])
+            for b in data["plan"]["blocks"]] == [(8, 16, 2, 4, 4), (16, 24, 2, 2, 4)]
+    assert data["plan"]["num_networks"] == 16
+
+
+def test_plugins_json_lists_every_kind(use_registry):
+    res = cli.invoke(app, ["plugins", "--json"])
+    data = json.loads(res.stdout)
+    assert {e["name"] for e in data["kinds"]["teacher"]} >= {"standin"}
+    assert all(data["kinds"][k] for k in data["kinds"])
+
+
+def test_run_then_inspect(use_registry, pipeline, tmp_path):
+    path = _write(tmp_path, pipeline)
+    res = cli.invoke(app, ["run", str(path), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "selected network" in res.stdout and "dnax report" in res.stdout
+    res = cli.invoke(app, ["inspect", str(tmp_path / "run"), "--json", "--top", "2"])
+    data = json.loads(res.stdout)
+    assert data["finished"] == ["teacher", "train", "rank", "select", "retrain"]
+    assert [len(r["top"]) for r in data["rankings"]] == [2, 2]
+    top = data["rankings"][0]["top"]
+    assert top[0]["scores"]["nmae"] <= top[1]["scores"]["nmae"]
+    assert data["selection"]["candidates"] == list(dnax.load_run(tmp_path / "run")
+                                                   .selection.candidates)
+    res = cli.invoke(app, ["inspect", str(tmp_path / "run"), "--block", "1"])
+    assert res.exit_code == 0 and "block 1: top 4 of 4 candidates by nmae" in res.stdout
+
+
+@pytest.mark.parametrize("args", [["inspect", "/nonexistent/run"],
+                                  ["validate", "/nonexistent/p.toml"]])
+def test_user_errors_exit_2_with_one_line(use_registry, args):
+    res = cli.invoke(app, args)
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: ")
+
+
+def test_run_with_unknown_force_stage_exits_2(use_registry, pipeline, tmp_path):
+    res = cli.invoke(app, ["run", str(_write(tmp_path, pipeline)), "--force", "nope",
+                           "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--force: unknown stage 'nope'" in res.stderr

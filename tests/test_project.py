@@ -1,0 +1,63 @@
+"""Project-wide checks: packaging, the generated config reference, style, help texts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import attrs
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPING = {"core": "dnax", "plugins": "dnax.plugins", "registry": "dnax.registry",
+           "cli": "dnax.cli"}
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A folder missing from [tool.setuptools] packages would vanish from a normal install."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, package in MAPPING.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *rel)))
+    assert found == listed
+
+
+def test_config_reference_is_up_to_date():
+    from dnax.cli.reference import config_reference
+    from dnax.registry import Registry
+
+    committed = (ROOT / "docs" / "config.md").read_text()
+    assert committed == config_reference(Registry.create(entry_points=False)), \
+        "docs/config.md is stale: run `dnax config-reference -o docs/config.md`"
+
+
+def test_every_builtin_config_key_has_a_help_line():
+    from dnax.registry import Registry
+
+    reg = Registry.create(entry_points=False)
+    for table in reg.tables.values():
+        for entry in table.values():
+            for a in attrs.fields(entry.config_cls):
+                assert a.metadata.get("help"), f"{entry.kind} {entry.name}: {a.name}"
+
+
+def test_ruff_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed")
+    res = subprocess.run([ruff, "check", "--no-cache", "core", "plugins", "registry", "cli",
+                          "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_kernel_has_no_model_code_and_names_no_plugin():
+    for path in (ROOT / "core").rglob("*.py"):
+        text = path.read_text()
+        assert "torch.nn" not in text.replace("torch.nn.Module", ""), path
+        assert "dnax.plugins." not in text, path
