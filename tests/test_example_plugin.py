@@ -1,0 +1,61 @@
+"""The worked example plugin package: installed for real, found through its entry point, run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent / "example_plugin"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """pip-installs tests/example_plugin into a folder put on PYTHONPATH for the subprocesses."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-build-isolation", "--target", str(target), str(ROOT)],
+                         capture_output=True, text=True, cwd=build)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return target
+
+
+def _dnax(site, *args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(site), "NO_COLOR": "1", "COLUMNS": "120"}
+    env.pop("DNAX_DISABLE_PLUGIN_AUTOLOAD", None)
+    return subprocess.run([sys.executable, "-m", "dnax", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+
+
+def test_found_through_its_entry_point(site, tmp_path):
+    res = _dnax(site, "plugins", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    teachers = {e["name"]: e for e in data["kinds"]["teacher"]}
+    spaces = {e["name"]: e for e in data["kinds"]["space"]}
+    assert teachers["tinycnn"]["distribution"] == "dnax-example"
+    assert teachers["tinycnn"]["version"] == "0.1.0"
+    assert spaces["convs"]["module"] == "dnax_example"
+    assert data["failures"] == []
+
+
+def test_dnax_run_uses_it(site, tmp_path):
+    res = _dnax(site, "validate", "--json", str(ROOT / "pipeline.toml"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)["plan"]
+    assert plan["teacher"] == "tinycnn" and plan["space"] == "convs"
+    assert [(b["in_chs"], b["out_chs"], b["in_size"], b["out_size"]) for b in plan["blocks"]] \
+        == [(8, 12, 16, 8), (12, 16, 8, 4)]
+    assert plan["num_networks"] == 16
+    res = _dnax(site, "run", str(ROOT / "pipeline.toml"), "--run-dir", str(tmp_path / "run"),
+                cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    teacher = json.loads((tmp_path / "run" / "stages" / "teacher.json").read_text())["result"]
+    assert teacher["model"] == "tinycnn"
+    assert teacher["metrics"]["top1"] > 0.3  # two epochs on real digits: well above chance
+    assert (tmp_path / "run" / "teacher" / "teacher.safetensors").exists()
