@@ -85,6 +85,20 @@ class Run:
         return [] if rank is None else [self.run_dir.load_ranking(r) for r in rank.blocks]
 
 
+def load_model(path: str | os.PathLike, registry: Any = None) -> Any:
+    """Load a network exported by a retrainer (e.g. ``RUN_DIR/model``) as an eval-mode module.
+
+    Asks every plugin's ``dnax_load_model`` hook; the first that knows the format answers.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file or folder")
+    model = _registry(registry).hook.dnax_load_model(path=path)
+    if model is None:
+        raise ArtifactError(f"{path}: no installed plugin can load this model")
+    return model
+
+
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Read a run directory written by :func:`run_pipeline` or ``dnax run``."""
     rd = RunDir(run_dir)

@@ -119,3 +119,12 @@ def dnax_block_ranked(block: Any, ranking: Any) -> None:
 @hookspec
 def dnax_selection_made(selection: Any) -> None:
     """The selector chose a network; ``selection`` is a :class:`dnax.Selection`."""
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def dnax_load_model(path: Path) -> Any:
+    """Load an exported network from ``path`` (a file or folder) as an eval-mode torch module;
+    return None when this plugin does not know the format. First result wins."""
