@@ -101,6 +101,7 @@ __all__ = [
     "existing_path",
     "hookimpl",
     "hookspec",
+    "load_model",
     "load_pipeline",
     "load_run",
     "load_safetensors",
