@@ -28,6 +28,9 @@ import attrs
 from .errors import ArtifactError
 from .types import BlockRanking, Candidate, RankingRef
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 #: bumped whenever an artefact's layout changes; a mismatch is refused, never reused silently
 FORMAT_VERSION = 1
 
@@ -46,6 +49,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
