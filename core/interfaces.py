@@ -124,6 +124,10 @@ class SearchSpace(Plugin, ABC):
         """The timm arch def of the whole network: fixed stages plus one chosen candidate per
         block."""
 
+    def check_blocks(self, blocks: Sequence[BlockSpec]) -> None:
+        """Refuse (ConfigError) a teacher whose blocks do not fit this space, e.g. another
+        number of blocks. Called with all blocks before planning and training."""
+
     def model_kwargs(self) -> dict[str, Any]:
         """Other arguments of timm's ``EfficientNet`` for the whole network (stem_size,
         num_features, act_layer name, ...); JSON-serialisable."""

@@ -53,6 +53,7 @@ def _teacher(ctx: StageContext) -> TeacherResult:
 
 
 def _train(ctx: StageContext) -> TrainResult:
+    ctx.plugins.space.check_blocks(ctx.results["teacher"].blocks)
     return ctx.plugins.trainer.train(ctx)
 
 
@@ -123,6 +124,7 @@ def build_plan(config: PipelineConfig, plugins: Plugins) -> Plan:
     """What the pipeline will search, from the teacher's blocks and the space's cells."""
     res = config.pipeline.resolution
     blocks = plugins.teacher.blocks(res)
+    plugins.space.check_blocks(blocks)
     return Plan(
         teacher=config.sections["teacher"].plugin,
         space=config.sections["space"].plugin,

@@ -1,0 +1,349 @@
+"""The ``distill`` trainer: every block in one train call, exact resume, divergence, bench."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+
+import pytest
+import torch
+from attrs import field, frozen
+
+import dnax
+from dnax.plugins.spaces import mbconv
+from dnax.plugins.trainers import distill
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow tiny
+    convolutions down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+#: a small timm EfficientNet: stem + a fixed first stage, then three searched blocks
+TINY_ARCH = [["ds_r1_k3_s1_e1_c8"], ["ir_r1_k3_s2_e3_c16"], ["ir_r1_k3_s2_e3_c24"],
+             ["ir_r2_k3_s1_e3_c24"]]
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    from timm.models._efficientnet_builder import decode_arch_def
+    from timm.models.efficientnet import EfficientNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return EfficientNet(decode_arch_def(TINY_ARCH), num_classes=10, stem_size=8,
+                            num_features=64, act_layer="swish")
+
+
+@frozen
+class TinyTeacherConfig:
+    seed: int = field(default=0, metadata={"help": "init seed"})
+    nan_after: int | None = field(default=None, metadata={"help": "NaN features after N calls"})
+
+
+class TinyTeacher(dnax.Teacher):
+    """A tiny timm EfficientNet (seeded init) cut at its stages."""
+
+    Config = TinyTeacherConfig
+    calls = 0
+
+    def blocks(self, resolution):
+        feats = self._features(tiny_model(self.config.seed).eval(),
+                               torch.zeros(1, 3, resolution, resolution))
+        return tuple(dnax.BlockSpec(i, i + 1, a.shape[1], b.shape[1], a.shape[-1] // b.shape[-1],
+                                    a.shape[-1], b.shape[-1])
+                     for i, (a, b) in enumerate(itertools.pairwise(feats)))
+
+    def data_config(self, resolution):
+        return dnax.DataConfig((3, resolution, resolution), (0.5,) * 3, (0.25,) * 3)
+
+    def prepare(self, ctx):
+        ctx.run_dir.save_tensors("teacher/tiny.safetensors", tiny_model(self.config.seed)
+                                 .state_dict(), kind="teacher")
+        return dnax.TeacherResult("tiny", "teacher/tiny.safetensors", 10,
+                                  self.blocks(ctx.resolution), self.data_config(ctx.resolution))
+
+    def load(self, ctx, result):
+        model = tiny_model(self.config.seed)
+        model.load_state_dict(ctx.run_dir.load_tensors(result.weights, kind="teacher")[0])
+        return model.eval().to(ctx.device)
+
+    def _features(self, model, images):
+        with torch.no_grad():
+            return model.forward_intermediates(images, indices=[1, 2, 3, 4], stop_early=True,
+                                               intermediates_only=True, extra_blocks=True)
+
+    def block_features(self, model, images):
+        self.calls += 1
+        feats = self._features(model, images)
+        if self.config.nan_after is not None and self.calls > self.config.nan_after:
+            feats = [f * float("nan") for f in feats]
+        return feats
+
+
+@frozen
+class TinyDigitsConfig:
+    limit: int = field(default=240, validator=dnax.positive, metadata={"help": "images used"})
+
+
+class TinyDigits(dnax.DataSource):
+    """sklearn's digits, resized and normalised; augment = random flips (global torch RNG)."""
+
+    Config = TinyDigitsConfig
+
+    @property
+    def num_classes(self):
+        return 10
+
+    def dataset(self, split, data_config, *, augment=False):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        n = self.config.limit
+        sl = slice(0, n) if split == "train" else slice(n, n + 100)
+        x = torch.tensor(d.images[sl], dtype=torch.float32)[:, None] / 16
+        x = torch.nn.functional.interpolate(x, size=data_config.input_size[1:], mode="bilinear")
+        x = (x.expand(-1, 3, -1, -1) - 0.5) / 0.25
+        return _Flips(x, torch.tensor(d.target[sl]), augment)
+
+
+class _Flips(torch.utils.data.Dataset):
+    def __init__(self, x, y, augment):
+        self.x, self.y, self.augment = x, y, augment
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.augment and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return x, int(self.y[i])
+
+
+class TinyPlugins:
+    @dnax.hookimpl
+    def dnax_register_data(self, register):
+        register("tiny-digits", TinyDigits)
+
+    @dnax.hookimpl
+    def dnax_register_teachers(self, register):
+        register("tiny", TinyTeacher)
+
+
+class Recorder:
+    """Records the lifecycle hooks; raises from dnax_progress at ``stop`` = (task, step)."""
+
+    def __init__(self, stop=None):
+        self.stop, self.progress, self.trained = stop, [], []
+
+    @dnax.hookimpl
+    def dnax_progress(self, stage, task, completed, total, info):
+        self.progress.append((task, completed, total, dict(info)))
+        if (task, completed) == self.stop:
+            raise KeyboardInterrupt("killed")
+
+    @dnax.hookimpl
+    def dnax_block_trained(self, block, epoch, losses, final):
+        self.trained.append((block.index, epoch, dict(losses), final))
+
+
+def make_registry(*extra):
+    from dnax.registry import Registry
+
+    return Registry.create(builtins=False, entry_points=False,
+                           plugins=[TinyPlugins(), mbconv, distill, *extra])
+
+
+SPACE = {"plugin": "mbconv", "preset": "custom", "kernels": [3, 5], "expansions": [3],
+         "stem_size": 8, "stem_stage": ["ds_r1_k3_s1_e1_c8"], "num_features": 64,
+         "blocks": [{"cells": [{"depth": 1}, {"depth": 2}]},
+                    {"cells": [{"depth": 2, "width": 32}]},
+                    {"cells": [{"depth": 1, "width": 16}]}]}
+
+
+def pipeline(**trainer):
+    return {
+        "pipeline": {"name": "t", "seed": 3, "device": "cpu", "resolution": 32,
+                     "deterministic": True},
+        "data": {"plugin": "tiny-digits"},
+        "teacher": {"plugin": "tiny"},
+        "space": SPACE,
+        "trainer": {"plugin": "distill", "epochs": 2, "batch_size": 16, "steps_per_epoch": 5,
+                    "log_every": 1, "checkpoint_every": 2, "lr": [0.01], **trainer},
+    }
+
+
+def test_trains_every_block_in_one_call(tmp_path):
+    rec = Recorder()
+    run = dnax.run_pipeline(pipeline(epochs=3), tmp_path, registry=make_registry(rec),
+                            until="train")
+    result = run.results["train"]
+    teacher = TinyTeacher(TinyTeacherConfig())
+    space = mbconv.MBConvSpace(dnax.load_pipeline(pipeline(), make_registry())
+                               .sections["space"].config)
+    assert [b.block for b in result.blocks] == [0, 1, 2]
+    for ck, spec in zip(result.blocks, teacher.blocks(32), strict=True):
+        tensors, meta = run.run_dir.load_tensors(ck.path, kind="supernet",
+                                                 expect={"space_hash": space.fingerprint()})
+        assert (meta["epoch"], meta["step"]) == ("3", "15")
+        space.build_supernet(spec).load_state_dict(tensors)  # strict: every op is stored
+        assert ck.steps == 15 and ck.epochs == 3 and math.isfinite(ck.loss)
+    # feedback: a progress report per step naming every block, a hook per block and epoch
+    assert len(rec.progress) == 15
+    assert rec.progress[0][:3] == ("epoch 1/3", 1, 5)
+    assert set(rec.progress[0][3]) == {"block0", "block1", "block2"}
+    assert [(b, e, f) for b, e, _, f in rec.trained] == [
+        (b, e, e == 3) for e in (1, 2, 3) for b in (0, 1, 2)]
+    assert set(rec.trained[0][2]) == {"loss", "cell0", "cell1"}
+    with open(run.run_dir.path("supernets/losses.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 15 and rows[-1]["step"] == "15"
+    assert list(rows[0])[2:] == ["block0.cell0", "block0.cell1", "block1.cell0", "block2.cell0"]
+    # the students learn: every cell's loss falls from the first epoch to the last
+    firsts = [r for r in rows if r["epoch"] == "1"]
+    lasts = [r for r in rows if r["epoch"] == "3"]
+    for col in list(rows[0])[2:]:
+        first = sum(float(r[col]) for r in firsts) / len(firsts)
+        last = sum(float(r[col]) for r in lasts) / len(lasts)
+        assert last < first, col
+
+
+@pytest.mark.parametrize(("kill", "checkpoint", "first"), [
+    (3, (1, 2), [("epoch 2/2", 3)]),  # mid-epoch: back to the step-2 checkpoint
+    (5, (2, 0), []),  # after the last step: nothing left but writing the results
+])
+def test_killed_run_resumes_exactly(tmp_path, kill, checkpoint, first):
+    whole = dnax.run_pipeline(pipeline(), tmp_path / "a", registry=make_registry(),
+                              until="train")
+    killer = Recorder(stop=("epoch 2/2", kill))
+    with pytest.raises(KeyboardInterrupt):
+        dnax.run_pipeline(pipeline(), tmp_path / "b", registry=make_registry(killer),
+                          until="train")
+    state = dnax.RunDir(tmp_path / "b").load_state(distill.RESUME)
+    assert (state["epoch"], state["step"]) == checkpoint  # the last checkpoint before the kill
+    rec = Recorder()
+    resumed = dnax.run_pipeline(pipeline(), tmp_path / "b", registry=make_registry(rec),
+                                until="train")
+    assert [p[:2] for p in rec.progress[:1]] == first  # continued where the checkpoint was
+    for a, b in zip(whole.results["train"].blocks, resumed.results["train"].blocks, strict=True):
+        ta, ma = whole.run_dir.load_tensors(a.path, kind="supernet")
+        tb, mb = resumed.run_dir.load_tensors(b.path, kind="supernet")
+        assert ma == mb and ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), k
+        assert a == b
+    assert (whole.run_dir.path("supernets/losses.csv").read_text()
+            == resumed.run_dir.path("supernets/losses.csv").read_text())
+
+
+def test_divergence_names_block_and_step_and_keeps_checkpoint(tmp_path):
+    config = pipeline(checkpoint_every=2, log_every=1)
+    config["teacher"]["nan_after"] = 3
+    with pytest.raises(dnax.DivergenceError, match=r"block0\.cell0: loss is nan at epoch 1 "
+                                                   r"step 4"):
+        dnax.run_pipeline(config, tmp_path, registry=make_registry(), until="train")
+    state = dnax.RunDir(tmp_path).load_state(distill.RESUME)
+    assert (state["epoch"], state["step"]) == (0, 2)
+    assert all(torch.isfinite(v).all() for sd in state["supernets"] for v in sd.values()
+               if v.is_floating_point())
+
+
+def test_fair_sampling_uses_each_op_once_per_k_steps():
+    cells = [[dnax.CellSpec(0, 3, 8, ("a", "b", "c", "d"))]]
+    fair = distill.PathSampler(cells, "fair", seed=1)
+    for start in (0, 4, 8):
+        used = [fair(0, s)[0][0] for s in range(start, start + 4)]
+        for layer in range(3):
+            assert sorted(u[layer] for u in used) == [0, 1, 2, 3]
+    uniform = distill.PathSampler(cells, "uniform", seed=1)
+    assert uniform(2, 5) == uniform(2, 5)
+    assert len({uniform(0, s)[0][0] for s in range(20)}) > 10
+
+
+def test_losses_and_learning_rates():
+    s, t = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * torch.tensor([1, 10, 100])[:, None,
+                                                                                          None]
+    assert torch.isclose(distill.feature_loss(s, t, "mse"), ((s - t) ** 2).mean())
+    assert torch.isclose(distill.feature_loss(7 * s, 7 * t, "nmse"),
+                         distill.feature_loss(s, t, "nmse"))
+    assert distill.block_lrs((), 6) == [0.002, 0.005, 0.005, 0.005, 0.005, 0.002]
+    assert distill.block_lrs((0.1,), 3) == [0.1] * 3
+    with pytest.raises(dnax.ConfigError, match=r"\$\.trainer\.lr: 2 values for 3 blocks"):
+        distill.block_lrs((0.1, 0.2), 3)
+    with pytest.raises(dnax.ConfigError, match=r"\$\.trainer: opt: timm has no optimizer"):
+        dnax.load_pipeline(pipeline(opt="adamx"), make_registry())
+
+
+def test_data_order_is_seeded_per_epoch_and_sharded():
+    a = distill.epoch_batches(50, 8, seed=0, epoch=1)
+    assert a == distill.epoch_batches(50, 8, seed=0, epoch=1)
+    assert a != distill.epoch_batches(50, 8, seed=0, epoch=2)
+    assert len(a) == 6 and all(len(b) == 8 for b in a)
+    r0 = distill.epoch_batches(50, 4, seed=0, epoch=1, rank=0, world=2)
+    r1 = distill.epoch_batches(50, 4, seed=0, epoch=1, rank=1, world=2)
+    assert [x + y for x, y in zip(r0, r1, strict=True)] == a
+
+
+def test_bench_train_on_cpu():
+    from dnax.plugins.trainers.bench import bench_train
+
+    teacher = TinyTeacher(TinyTeacherConfig())
+    space = mbconv.MBConvSpace(mbconv.MBConvSpaceConfig(
+        preset="custom", kernels=(3, 5), expansions=(3.0,), stem_stage=("ds_r1_k3_s1_e1_c8",),
+        blocks=tuple(mbconv.BlockConfig((mbconv.CellConfig(d),)) for d in (1, 2, 1))))
+    out = bench_train(teacher, tiny_model().eval(), space, resolution=32, batch_size=8,
+                      steps=4, warmup=1)
+    for key in ("step_ms", "floor_ms", "teacher_ms", "student_ms", "official_ms"):
+        assert math.isfinite(out[key]) and out[key] > 0, key
+    assert out["step_over_floor"] == pytest.approx(out["step_ms"] / out["floor_ms"])
+    assert out["official_over_step"] == pytest.approx(out["official_ms"] / out["step_ms"])
+    assert out["blocks"] == 3 and out["cells"] == 3 and out["device"] == "cpu"
+
+
+def _ddp_worker(rank: int, run_dir: str, port: int) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    config = pipeline(epochs=1, steps_per_epoch=3)
+    config["pipeline"]["deterministic"] = False
+    write = distill.Distill._write_blocks
+
+    def spy(self, ctx, step, blocks, *args):  # keep rank 1's own supernets to compare
+        write(self, ctx, step, blocks, *args)
+        if rank == 1:
+            for b, net in zip(blocks, step.supernets, strict=True):
+                torch.save(net.state_dict(), f"{run_dir}/rank1.block{b.index}.pt")
+
+    distill.Distill._write_blocks = spy
+    dnax.run_pipeline(config, run_dir, registry=make_registry(), until="train")
+
+
+@pytest.mark.slow
+def test_two_processes_train_under_ddp(tmp_path):
+    """torchrun-style: two gloo processes, each on its shard; rank 0 writes, both ranks end with
+    the same weights."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(str(tmp_path), port), nprocs=2)
+    rd = dnax.RunDir(tmp_path)
+    for i in range(3):
+        written, meta = rd.load_tensors(f"supernets/block{i}.safetensors", kind="supernet")
+        assert meta["step"] == "3"
+        theirs = torch.load(tmp_path / f"rank1.block{i}.pt", weights_only=True)
+        assert written.keys() == theirs.keys()
+        for k in written:  # DDP keeps parameters equal; BN statistics follow each shard
+            if "running_" not in k and "num_batches" not in k:
+                assert torch.equal(written[k], theirs[k]), k
