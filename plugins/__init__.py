@@ -9,7 +9,7 @@ BUILTINS: tuple[str, ...] = (
     "dnax.plugins.teachers.efficientnet",
     "dnax.plugins.spaces.mbconv",
     "dnax.plugins.trainers.distill",
-    # "dnax.plugins.evaluators.prefix",
+    "dnax.plugins.evaluators.prefix",
     # "dnax.plugins.costs.params",
     # "dnax.plugins.costs.flops",
     # "dnax.plugins.selectors.exact",

@@ -1,0 +1,401 @@
+"""The prefix evaluator: tree walk == plain loop, sharding, end to end on digits, bench."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dnax
+from dnax.plugins.evaluators.bench import bench_rank
+from dnax.plugins.evaluators.prefix import PrefixConfig, PrefixEvaluator
+from dnax.plugins.evaluators.tree import (
+    cell_shape,
+    make_groups,
+    plain_cell,
+    score_weights,
+    shard_prefixes,
+    walk_cell,
+)
+
+# --- a small supernet that follows the contract -------------------------------------------------
+
+
+def timm_layer(in_chs: int, arch: str) -> nn.Module:
+    from timm.layers import get_act_layer
+    from timm.models._efficientnet_blocks import SqueezeExcite
+    from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
+
+    builder = EfficientNetBuilder(act_layer=get_act_layer("swish"), norm_layer=nn.BatchNorm2d,
+                                  se_layer=SqueezeExcite)
+    return builder(in_chs, decode_arch_def([[arch]]))[0][0]
+
+
+def adapter(i: int, o: int) -> nn.Module:
+    return nn.Identity() if i == o else nn.Sequential(nn.Conv2d(i, o, 1, bias=False),
+                                                      nn.BatchNorm2d(o))
+
+
+class Cell(nn.Module):
+    def __init__(self, enter, layers, exit):
+        super().__init__()
+        self.enter, self.exit = enter, exit
+        self.layers = nn.ModuleList(nn.ModuleList(ops) for ops in layers)
+
+
+class Supernet(nn.Module):
+    def __init__(self, cells):
+        super().__init__()
+        self.cells = nn.ModuleList(cells)
+
+    def forward(self, x, cell, ops):
+        c = self.cells[cell]
+        x = c.enter(x)
+        for layer, o in zip(c.layers, ops, strict=True):
+            x = layer[o](x)
+        return c.exit(x)
+
+
+OPS = ((3, 3), (5, 6), (3, 6), (7, 3))
+
+
+def arch(k: int, e: int, s: int, c: int) -> str:
+    return f"ir_r1_k{k}_s{s}_e{e}_c{c}_se0.25"
+
+
+def make_supernet(t_in: int, t_out: int, stride: int,
+                  cells: tuple[tuple[int, int, int, int], ...]) -> Supernet:
+    """``cells``: (input width, width, depth, ops) each; adapters where widths differ."""
+    out = []
+    for in_w, w, depth, n_ops in cells:
+        layers = [[timm_layer(in_w if j == 0 else w, arch(k, e, stride if j == 0 else 1, w))
+                   for k, e in OPS[:n_ops]] for j in range(depth)]
+        out.append(Cell(adapter(t_in, in_w), layers, adapter(w, t_out)))
+    return Supernet(out)
+
+
+def randomise_bn(net: nn.Module) -> None:
+    """Give every BatchNorm non-trivial running statistics."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2)
+            m.num_batches_tracked.fill_(7)
+
+
+@pytest.fixture(scope="module")
+def net_and_data():
+    torch.manual_seed(0)
+    # widths are multiples of 8 (timm rounds them); cell 0 has both adapters, cell 1 none
+    net = make_supernet(16, 24, 2, ((8, 16, 3, 3), (16, 24, 2, 4))).eval()
+    randomise_bn(net)
+    xs = [torch.randn(6, 16, 10, 10) for _ in range(2)]
+    ts = [torch.randn(6, 24, 5, 5) * 2 + 0.5 for _ in range(2)]
+    rec = [torch.randn(6, 16, 10, 10) for _ in range(2)]
+    return net, xs, ts, rec
+
+
+# --- tree walk ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recal", ["same", "separate", "off"])
+def test_tree_walk_equals_plain_loop(net_and_data, recal):
+    net, xs, ts, rec = net_and_data
+    groups = make_groups(xs, ts, recal=recal, recal_inputs=rec)
+    w = score_weights(ts)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for c, cell in enumerate(net.cells):
+        tree = walk_cell(cell, groups, w)
+        plain = plain_cell(net, c, groups, w)
+        assert tree.shape == (math.prod(cell_shape(cell)), 3)
+        assert torch.isfinite(tree).all() and (tree > 0).all()
+        torch.testing.assert_close(tree, plain, rtol=1e-5, atol=1e-7)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "BN buffers changed"
+    assert not net.training
+
+
+def test_recalibration_changes_scores(net_and_data):
+    net, xs, ts, rec = net_and_data
+    w = score_weights(ts)
+    cell = net.cells[0]
+    off = walk_cell(cell, make_groups(xs, ts, recal="off"), w)
+    same = walk_cell(cell, make_groups(xs, ts, recal="same"), w)
+    sep = walk_cell(cell, make_groups(xs, ts, recal="separate", recal_inputs=rec), w)
+    assert not torch.allclose(off, same, rtol=1e-3)
+    assert not torch.allclose(same, sep, rtol=1e-3)
+
+
+def test_scores_are_the_stated_metrics(net_and_data):
+    net, xs, ts, _ = net_and_data
+    tree = walk_cell(net.cells[1], make_groups(xs, ts, recal="off"), score_weights(ts))
+    ops = (2, 3)
+    row = 2 * 4 + 3  # product order, first layer most significant
+    with torch.no_grad():
+        s = torch.cat([net(x, 1, ops) for x in xs]).double()
+    t = torch.cat(ts).double()
+    var = t.var((0, 2, 3), unbiased=False)
+    mse = ((s - t) ** 2).mean()
+    nmse = (((s - t) ** 2).mean((0, 2, 3)) / var).mean()
+    nmae = (((s - t).abs()).mean((0, 2, 3)) / var.sqrt()).mean()
+    got = tree[row].double()
+    torch.testing.assert_close(got, torch.stack((mse, nmse, nmae)), rtol=1e-4, atol=0)
+    glob = walk_cell(net.cells[1], make_groups(xs, ts, recal="off"),
+                     score_weights(ts, "global"))[row].double()
+    torch.testing.assert_close(glob[2], (s - t).abs().mean() / t.std(unbiased=False),
+                               rtol=1e-4, atol=0)
+
+
+def test_shards_split_every_candidate_once(net_and_data):
+    net, xs, ts, _ = net_and_data
+    groups, w = make_groups(xs[:1], ts[:1], recal="same"), score_weights(ts[:1])
+    shapes = [cell_shape(c) for c in net.cells]
+    world = 3
+    for depth in (1, 2):
+        parts = [shard_prefixes(shapes, r, world, depth) for r in range(world)]
+        for c, cell in enumerate(net.cells):
+            full = walk_cell(cell, groups, w)
+            rows = [walk_cell(cell, groups, w, prefixes=parts[r][c]) for r in range(world)]
+            filled = sum((r != 0).all(1).int() for r in rows)
+            assert (filled == 1).all()
+            torch.testing.assert_close(sum(rows), full, rtol=1e-5, atol=0)
+    loads = [sum(math.prod(shapes[c][2:]) * len(p) for c, p in enumerate(parts[r]))
+             for r in range(world)]
+    assert max(loads) - min(loads) <= max(math.prod(s[2:]) for s in shapes)
+    assert shard_prefixes(shapes, 0, 1) == [None, None]
+
+
+def _dist_worker(rank: int, world: int, init: str, out: str) -> None:
+    import traceback
+    from datetime import timedelta
+
+    import torch.distributed as tdist
+
+    try:
+        tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world,
+                                 timeout=timedelta(seconds=120))
+        torch.manual_seed(0)
+        net = make_supernet(16, 24, 2, ((8, 16, 2, 3), (16, 24, 2, 2))).eval()
+        xs, ts = [torch.randn(4, 16, 8, 8)], [torch.randn(4, 24, 4, 4)]
+        ctx = SimpleNamespace(dist=dnax.DistInfo(rank, world, rank),
+                              progress=lambda *a, **k: None)
+        spec = dnax.BlockSpec(0, 1, 16, 24, 2, 8, 4)
+        table, _ = PrefixEvaluator(PrefixConfig(shard_depth=1))._score_block(
+            ctx, spec, net, xs, ts, [])
+        if rank == 0:
+            full = torch.cat([walk_cell(c, make_groups(xs, ts), score_weights(ts))
+                              for c in net.cells])
+            torch.save({"table": torch.from_numpy(table), "full": full}, out)
+        tdist.barrier()
+        tdist.destroy_process_group()
+    except Exception:
+        Path(f"{out}.rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+def test_sharded_under_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    out = str(tmp_path / "scores.pt")
+    try:
+        mp.spawn(_dist_worker, args=(2, init, out), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        errors = "\n".join(p.read_text() for p in tmp_path.glob("*.err"))
+        pytest.fail(f"a rank failed:\n{errors}")
+    got = torch.load(out)
+    torch.testing.assert_close(got["table"], got["full"], rtol=1e-5, atol=0)
+
+
+# --- end to end on digits ---------------------------------------------------------------------
+
+RES = 32
+T_ARCH = (arch(3, 3, 2, 16), arch(5, 6, 1, 24))  # the teacher's two searched blocks
+
+
+class Digits(dnax.DataSource):
+    """sklearn digits at 32 px, grey -> 3 channels, normalised; heldout = last 300 images."""
+
+    Config = None
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+    def dataset(self, split, data_config, *, augment=False):
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        sl = slice(0, 1200) if split == "train" else slice(1497, None)
+        x = torch.tensor(d.images[sl], dtype=torch.float32)[:, None] / 16
+        x = nn.functional.interpolate(x, size=data_config.input_size[1:], mode="bilinear")
+        x = (x.expand(-1, 3, -1, -1) - 0.5) / 0.25
+        return torch.utils.data.TensorDataset(x.contiguous(), torch.tensor(d.target[sl]))
+
+
+class Teacher(dnax.Teacher):
+    """Stem conv (unsearched) then two timm blocks; random weights, eval mode."""
+
+    Config = None
+
+    def blocks(self, resolution):
+        return (dnax.BlockSpec(0, 1, 8, 16, 2, resolution // 2, resolution // 4),
+                dnax.BlockSpec(1, 2, 16, 24, 1, resolution // 4, resolution // 4))
+
+    def data_config(self, resolution):
+        return dnax.DataConfig((3, resolution, resolution), (0.5,) * 3, (0.25,) * 3)
+
+    def prepare(self, ctx):
+        raise NotImplementedError
+
+    def load(self, ctx, result):
+        torch.manual_seed(1)
+        stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.SiLU())
+        return nn.ModuleList([stem, timm_layer(8, T_ARCH[0]), timm_layer(16, T_ARCH[1])]).eval()
+
+    def block_features(self, model, images):
+        feats = [model[0](images)]
+        for block in model[1:]:
+            feats.append(block(feats[-1]))
+        return feats
+
+
+class Space(dnax.SearchSpace):
+    """Two cells per block: depth 1 at the teacher's width, depth 2 at width 8."""
+
+    Config = None
+    CELLS = ((None, 1, 3), (8, 2, 3))  # (width or teacher's, depth, ops)
+
+    def _cells(self, spec):
+        return [(spec.out_chs if w is None else w, d, n) for w, d, n in self.CELLS]
+
+    def cells(self, spec):
+        return tuple(dnax.CellSpec(i, d, w, tuple(f"k{k}e{e}" for k, e in OPS[:n]))
+                     for i, (w, d, n) in enumerate(self._cells(spec)))
+
+    def candidates(self, spec):
+        out = []
+        for c, (w, d, n) in enumerate(self._cells(spec)):
+            for ops in itertools.product(range(n), repeat=d):
+                out.append(dnax.Candidate(spec.index, len(out), c, ops, tuple(
+                    arch(*OPS[o], spec.stride if j == 0 else 1, w) for j, o in enumerate(ops))))
+        return out
+
+    def build_supernet(self, spec):
+        return make_supernet(spec.in_chs, spec.out_chs, spec.stride,
+                             tuple((spec.in_chs, w, d, n) for w, d, n in self._cells(spec)))
+
+    def arch_def(self, blocks, chosen):
+        return [["ds_r1_k3_s1_c8"], *[list(c.arch) for c in chosen]]
+
+    def fingerprint(self):
+        return "test-space"
+
+
+class Hook:
+    def __init__(self):
+        self.progress, self.logs = [], []
+
+    def dnax_progress(self, stage, task, completed, total, info):
+        self.progress.append((task, completed, total))
+
+    def dnax_log(self, stage, message):
+        self.logs.append(message)
+
+
+def make_ctx(tmp_path: Path, config: PrefixConfig) -> tuple[dnax.StageContext, Hook]:
+    """A rank-stage context whose train results are supernets stored in ``tmp_path``; block 0's
+    cell 0 op 0 holds the teacher's own block 0 (so candidate 0 must score ~0 without recal)."""
+    from dnax.config import PipelineConfig, PipelineSettings
+
+    teacher, space = Teacher(None), Space(None)
+    plugins = dnax.Plugins(data=Digits(None), teacher=teacher, space=space,
+                           evaluator=PrefixEvaluator(config))
+    run_dir = dnax.RunDir(tmp_path)
+    blocks = teacher.blocks(RES)
+    model = teacher.load(None, None)
+    ckpts = []
+    for spec in blocks:
+        torch.manual_seed(10 + spec.index)
+        net = space.build_supernet(spec)
+        if spec.index == 0:
+            net.cells[0].layers[0][0].load_state_dict(model[1].state_dict())
+        rel = f"supernets/block{spec.index}.safetensors"
+        run_dir.save_tensors(rel, net.state_dict(), kind="supernet",
+                             metadata={"space_hash": space.fingerprint(), "epoch": "1"})
+        ckpts.append(dnax.BlockCheckpoint(spec.index, rel, 1, 1, 0.0))
+    results = {
+        "teacher": dnax.TeacherResult("test", None, 10, blocks, teacher.data_config(RES)),
+        "train": dnax.TrainResult(tuple(ckpts)),
+    }
+    hook = Hook()
+    cfg = PipelineConfig(PipelineSettings(resolution=RES, device="cpu"), {})
+    return dnax.StageContext("rank", cfg, plugins, run_dir, hook, "cpu",
+                             results=results), hook
+
+
+def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
+    ctx, hook = make_ctx(tmp_path, PrefixConfig(batches=2, batch_size=16))
+    stored = {p: p.read_bytes() for p in tmp_path.glob("supernets/*")}
+    result = ctx.plugins.evaluator.rank(ctx)
+    assert result.key == "nmae" and [r.block for r in result.blocks] == [0, 1]
+    space = ctx.plugins.space
+    for spec, ref in zip(ctx.results["teacher"].blocks, result.blocks, strict=True):
+        ranking = ctx.run_dir.load_ranking(ref)
+        cands = space.candidates(spec)
+        assert ranking.candidates == tuple(cands) and ref.num_candidates == len(cands) == 12
+        assert set(ranking.scores) == {"mse", "nmse", "nmae"} and ranking.costs == {}
+        for arr in ranking.scores.values():
+            assert arr.shape == (12,) and np.isfinite(arr).all() and (arr > 0).all()
+        assert len(set(ranking.scores["nmae"].round(6))) == 12
+        assert hook.progress.count((f"rank block {spec.index}", 12, 12)) == 1
+    assert {p: p.read_bytes() for p in tmp_path.glob("supernets/*")} == stored
+    assert not hook.logs
+
+    # stored in space.candidates' order: the plain loop over each cell gives the same numbers
+    ev, spec = ctx.plugins.evaluator, ctx.results["teacher"].blocks[1]
+    inputs, targets, _ = ev._features(ctx, ctx.results["teacher"], 2)
+    net = ev._supernet(ctx, spec, "supernets/block1.safetensors", "test-space")
+    groups, w = make_groups(inputs[1], targets[1], recal="same"), score_weights(targets[1])
+    plain = torch.cat([plain_cell(net, c, groups, w) for c in range(len(net.cells))])
+    saved = ctx.run_dir.load_ranking(result.blocks[1]).scores
+    np.testing.assert_allclose(np.stack([saved[m] for m in ("mse", "nmse", "nmae")], 1),
+                               plain.numpy(), rtol=1e-5)
+
+
+def test_teacher_block_scores_zero_without_recalibration(tmp_path):
+    ctx, _ = make_ctx(tmp_path, PrefixConfig(batches=1, batch_size=32, recalib="off"))
+    result = ctx.plugins.evaluator.rank(ctx)
+    block0 = ctx.run_dir.load_ranking(result.blocks[0])
+    assert block0.scores["mse"][0] < 1e-10
+    assert int(np.argmin(block0.scores["nmae"])) == 0
+    assert np.sort(block0.scores["nmae"])[1] > 0.05
+
+
+def test_evaluator_refuses_a_foreign_supernet(tmp_path):
+    ctx, _ = make_ctx(tmp_path, PrefixConfig(batches=1, batch_size=8))
+    ctx.run_dir.save_tensors("supernets/block1.safetensors", {"w": torch.zeros(2)},
+                             kind="supernet", metadata={"space_hash": "test-space"})
+    with pytest.raises(dnax.ArtifactError, match=r"block1\.safetensors: does not fit"):
+        ctx.plugins.evaluator.rank(ctx)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="must be > 0"):
+        PrefixConfig(batches=0)
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def test_bench_rank_runs_on_cpu():
+    out = bench_rank(depth=3, ops=3, batch_size=4, size=8)
+    assert out["candidates"] == 27 and out["tree_s"] > 0 and out["plain_s"] > 0
+    assert out["speedup"] == pytest.approx(out["plain_s"] / out["tree_s"])
+    assert out["max_rel_diff"] < 1e-5
