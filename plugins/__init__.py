@@ -10,8 +10,8 @@ BUILTINS: tuple[str, ...] = (
     "dnax.plugins.spaces.mbconv",
     "dnax.plugins.trainers.distill",
     "dnax.plugins.evaluators.prefix",
-    # "dnax.plugins.costs.params",
-    # "dnax.plugins.costs.flops",
-    # "dnax.plugins.selectors.exact",
+    "dnax.plugins.costs.params",
+    "dnax.plugins.costs.flops",
+    "dnax.plugins.selectors.exact",
     "dnax.plugins.retrainers.timm_retrainer",
 )

@@ -1,0 +1,201 @@
+"""Build timm layers and whole networks from arch strings; the base shared by the cost models.
+
+A candidate's cost is the sum of its layers' costs; each layer is built once per *signature*
+(arch string, input width, input size, first-in-stage) with timm's ``decode_arch_def`` and an
+``EfficientNetBuilder`` configured exactly as ``timm.models.efficientnet.EfficientNet`` configures
+it from the space's ``model_kwargs()``, so the layer is the one the final network holds.
+
+Additivity: a block's first layer takes the previous block's output width. When every cell of
+a block has the same width (the default, and the paper's preset) that width is fixed and costs
+add up exactly; when cells of a block differ in width, the next block's costs (or the head's)
+depend on which cell is chosen and no per-candidate cost exists: the cost models raise a
+:class:`dnax.ConfigError` saying so rather than return a wrong figure.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from attrs import frozen
+from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def, round_channels
+from timm.models.efficientnet import EfficientNet
+from torch import nn
+
+import dnax
+
+
+@frozen
+class LayerSig:
+    """What decides one layer's cost; ``key`` names it in lookup tables (e.g. latency)."""
+
+    arch: str
+    in_chs: int
+    in_size: int
+    first: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch}@{self.in_chs}x{self.in_size}{'' if self.first else ':inner'}"
+
+
+def make_builder(model_kwargs: Mapping[str, Any]) -> EfficientNetBuilder:
+    """An ``EfficientNetBuilder`` set up as ``EfficientNet(**model_kwargs)`` sets up its own."""
+    from timm.models._efficientnet_blocks import SqueezeExcite
+
+    kw = dict(model_kwargs)
+    return EfficientNetBuilder(
+        output_stride=kw.get("output_stride", 32),
+        pad_type=kw.get("pad_type", ""),
+        round_chs_fn=kw.get("round_chs_fn", round_channels),
+        act_layer=kw.get("act_layer") or nn.ReLU,
+        norm_layer=kw.get("norm_layer") or nn.BatchNorm2d,
+        aa_layer=kw.get("aa_layer"),
+        se_layer=kw.get("se_layer") or SqueezeExcite,
+        drop_path_rate=kw.get("drop_path_rate", 0.0),
+    )
+
+
+def build_layer(arch: str, in_chs: int, model_kwargs: Mapping[str, Any], *, first: bool = True
+                ) -> tuple[nn.Module, int]:
+    """One arch string built as timm builds it inside a stage, and its output width. A layer
+    that is not first in its stage has its stride forced to 1, as timm's builder does."""
+    stage = decode_arch_def([[arch]])[0]
+    if not first:
+        stage[0]["stride"] = 1
+    builder = make_builder(model_kwargs)
+    module = builder(in_chs, [stage])[0]
+    return module.eval(), int(builder.in_chs)
+
+
+def build_network(arch_def: Sequence[Sequence[str]], num_classes: int,
+                  model_kwargs: Mapping[str, Any]) -> EfficientNet:
+    """The whole network exactly as the retrainer builds it."""
+    return EfficientNet(decode_arch_def([list(s) for s in arch_def]), num_classes=num_classes,
+                        **dict(model_kwargs))
+
+
+def out_width(arch: str, model_kwargs: Mapping[str, Any]) -> int:
+    """The output width of a layer's arch string after the network's channel rounding."""
+    ba = decode_arch_def([[arch]])[0][-1]
+    return int(dict(model_kwargs).get("round_chs_fn", round_channels)(ba["out_chs"]))
+
+
+def out_size(sig: LayerSig) -> int:
+    """The output size of a layer as timm's padding gives it (``ceil(size / stride)``)."""
+    stride = decode_arch_def([[sig.arch]])[0][0]["stride"] if sig.first else 1
+    return -(-sig.in_size // stride)
+
+
+def searched_blocks(ctx: dnax.StageContext) -> tuple[dnax.BlockSpec, ...]:
+    teacher = ctx.results.get("teacher")
+    return tuple(teacher.blocks) if teacher is not None else ctx.plugins.teacher.blocks(
+        ctx.resolution)
+
+
+class LayerwiseCost(dnax.CostModel):
+    """Base of exact additive cost models: per candidate, the sum of its layers' costs.
+
+    Subclasses give :meth:`layer_cost` (one layer) and :meth:`fixed_part` (the network minus its
+    searched stages). A table-driven model (latency) can override :meth:`layer_cost` to look up
+    ``sig.key`` instead of building the layer.
+    """
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self._layers: dict[tuple[str, LayerSig], tuple[float, int, int]] = {}
+        self._candidates: dict[tuple[str, int], Sequence[dnax.Candidate]] = {}
+
+    @abstractmethod
+    def layer_cost(self, ctx: dnax.StageContext, layer: nn.Module, sig: LayerSig
+                   ) -> tuple[float, int]:
+        """The cost of ``layer`` (built from ``sig``) and its output size in pixels."""
+
+    @abstractmethod
+    def fixed_part(self, ctx: dnax.StageContext, model: EfficientNet, n_fixed: int,
+                   blocks: Sequence[dnax.BlockSpec]) -> float:
+        """The cost of ``model`` without ``model.blocks[n_fixed:]`` (stem, fixed stages, head)."""
+
+    # --- the contract -------------------------------------------------------------------
+
+    def candidate_costs(self, ctx: dnax.StageContext, block: dnax.BlockSpec,
+                        candidates: Sequence[dnax.Candidate]) -> np.ndarray:
+        space = ctx.plugins.space
+        kwargs = space.model_kwargs()
+        in_chs = self.block_in_chs(ctx, searched_blocks(ctx), block.index)
+        out = np.empty(len(candidates), dtype=np.float64)
+        for n, cand in enumerate(candidates):
+            chs, size, total = in_chs, block.in_size, 0.0
+            for j, arch in enumerate(cand.arch):
+                cost, chs, size = self._layer(ctx, LayerSig(arch, chs, size, j == 0), kwargs)
+                total += cost
+            out[n] = total
+        return out
+
+    def fixed_cost(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec]) -> float:
+        blocks = tuple(blocks)
+        if blocks:
+            self.uniform_width(ctx, blocks[-1], "the head")
+        model, n_fixed = self.reference_network(ctx, blocks)
+        return float(self.fixed_part(ctx, model, n_fixed, blocks))
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def candidates(self, ctx: dnax.StageContext, block: dnax.BlockSpec
+                   ) -> Sequence[dnax.Candidate]:
+        key = (ctx.plugins.space.fingerprint(), block.index)
+        if key not in self._candidates:
+            self._candidates[key] = ctx.plugins.space.candidates(block)
+        return self._candidates[key]
+
+    def uniform_width(self, ctx: dnax.StageContext, block: dnax.BlockSpec, user: str) -> int:
+        """The one output width of ``block``'s cells; a ConfigError when cells differ."""
+        kwargs = ctx.plugins.space.model_kwargs()
+        last = {c.arch[-1] for c in self.candidates(ctx, block)}
+        widths = sorted({out_width(a, kwargs) for a in last})
+        if len(widths) != 1:
+            raise dnax.ConfigError(
+                f"$.costs: {self.metric}: the cells of block {block.index} differ in width "
+                f"({', '.join(map(str, widths))}), so the cost of {user} depends on the cell "
+                "chosen and is not additive; give every cell of a block the same width")
+        return widths[0]
+
+    def block_in_chs(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
+                     index: int) -> int:
+        """The width entering searched block ``index`` in the final network."""
+        if index > 0:
+            return self.uniform_width(ctx, blocks[index - 1], f"block {index}")
+        kwargs = dict(ctx.plugins.space.model_kwargs())
+        chosen = [self.candidates(ctx, b)[0] for b in blocks]
+        arch = ctx.plugins.space.arch_def(blocks, chosen)
+        fixed = [list(s) for s in arch[: len(arch) - len(blocks)]]
+        round_fn = kwargs.get("round_chs_fn", round_channels)
+        stem = kwargs.get("stem_size", 32)
+        stem = stem if kwargs.get("fix_stem", False) else round_fn(stem)
+        if not fixed:
+            return int(stem)
+        builder = make_builder(kwargs)
+        builder(stem, decode_arch_def(fixed))
+        return int(builder.in_chs)
+
+    def reference_network(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec]
+                          ) -> tuple[EfficientNet, int]:
+        """The whole network with each block's first candidate, and its number of fixed stages."""
+        space = ctx.plugins.space
+        chosen = [self.candidates(ctx, b)[0] for b in blocks]
+        arch = space.arch_def(blocks, chosen)
+        model = build_network(arch, ctx.plugins.data.num_classes, space.model_kwargs())
+        return model.eval(), len(arch) - len(blocks)
+
+    def _layer(self, ctx: dnax.StageContext, sig: LayerSig, kwargs: Mapping[str, Any]
+               ) -> tuple[float, int, int]:
+        key = (ctx.plugins.space.fingerprint(), sig)
+        if key not in self._layers:
+            layer, out_chs = build_layer(sig.arch, sig.in_chs, kwargs, first=sig.first)
+            with torch.no_grad():
+                cost, out_size = self.layer_cost(ctx, layer, sig)
+            self._layers[key] = (float(cost), out_chs, int(out_size))
+        return self._layers[key]

@@ -1,0 +1,80 @@
+"""Cost model ``flops``: FLOPs of one image, counted by ``torch.utils.flop_counter``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from attrs import frozen
+from timm.models.efficientnet import EfficientNet
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import dnax
+
+from .common import LayerSig, LayerwiseCost
+
+
+@frozen
+class FlopsConfig:
+    """FLOPs of one image at the pipeline's resolution (2 per multiply-add)."""
+
+
+def count_flops(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
+    """FLOPs of ``fn(*args)`` as ``torch.utils.flop_counter`` counts them (2 per multiply-add;
+    convolutions and matrix products, not activations or BatchNorm), and its result."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = fn(*args)
+    return int(counter.get_total_flops()), out
+
+
+class Flops(LayerwiseCost):
+    """FLOPs per image with torch.utils.flop_counter's convention: 2 FLOPs per multiply-add
+    (so about twice the "MACs" figures papers quote). Each candidate's layers are counted at
+    the block's input size (``BlockSpec.in_size``), adapters excluded; stem, unsearched stages
+    and head are counted on the whole network at the pipeline's resolution.
+    """
+
+    Config = FlopsConfig
+    metric = "flops"
+
+    def layer_cost(self, ctx: dnax.StageContext, layer: nn.Module, sig: LayerSig
+                   ) -> tuple[float, int]:
+        self._check_stride(ctx)
+        flops, y = count_flops(layer, torch.zeros(1, sig.in_chs, sig.in_size, sig.in_size))
+        return float(flops), int(y.shape[-1])
+
+    def fixed_part(self, ctx: dnax.StageContext, model: EfficientNet, n_fixed: int,
+                   blocks: Sequence[dnax.BlockSpec]) -> float:
+        self._check_stride(ctx)
+        res = ctx.resolution
+        x = torch.zeros(1, model.in_chans, res, res)
+
+        def stem(x: torch.Tensor) -> torch.Tensor:
+            return model.blocks[:n_fixed](model.bn1(model.conv_stem(x)))
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            return model.forward_head(model.bn2(model.conv_head(x)))
+
+        total, x = count_flops(stem, x)
+        with torch.no_grad():
+            for spec, stage in zip(blocks, model.blocks[n_fixed:], strict=True):
+                if x.shape[-1] != spec.in_size:
+                    raise dnax.ConfigError(
+                        f"$.costs: flops: block {spec.index} sees {x.shape[-1]} px in the "
+                        f"network built at resolution {res}, but the teacher's block takes "
+                        f"{spec.in_size} px; the space's stem must reduce as the teacher's does")
+                x = stage(x)
+        return float(total + count_flops(head, x)[0])
+
+    @staticmethod
+    def _check_stride(ctx: dnax.StageContext) -> None:
+        if ctx.plugins.space.model_kwargs().get("output_stride", 32) != 32:
+            raise dnax.ConfigError("$.costs: flops: model_kwargs output_stride other than 32 "
+                                   "(dilated stages) is not supported")
+
+
+@dnax.hookimpl
+def dnax_register_costs(register):
+    register("flops", Flops)

@@ -1,0 +1,108 @@
+"""``dnax bench select``: time the exact selector on synthetic paper-sized tables (numpy only).
+
+The tables mimic the paper's space: 6 blocks of MBConv cells (kernel {3, 5, 7} x expansion
+{3, 6}, SE 0.25) with 288 / 1548 / 1548 / 2808 / 16848 / 6 candidates, about 2x10^17 networks.
+Each candidate's params and FLOPs are those of its layers at EfficientNet-B0 widths at 224 px
+(FLOPs = 2 per multiply-add); its score falls with its size plus seeded noise, as real rankings
+do, which makes the Pareto fronts realistic (not the tiny fronts of independent random scores).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .pareto import solve
+
+#: per block: layers of each cell, (input width, output width, stride, input size at 224 px)
+PAPER_DEPTHS = ((2, 2, 3), (2, 3, 4), (2, 3, 4), (3, 4, 4), (4, 5, 5), (1,))
+PAPER_SHAPES = ((16, 24, 2, 112), (24, 40, 2, 56), (40, 80, 2, 28), (80, 112, 1, 14),
+                (112, 192, 2, 14), (192, 320, 1, 7))
+OPS = tuple(itertools.product((3, 5, 7), (3, 6)))  # (kernel, expansion)
+#: stem (3x3 conv 3 -> 32, BN), the fixed depthwise stage (32 -> 16, SE 8), head (1x1 conv
+#: 320 -> 1280, BN, 1000-way classifier): parameters, and FLOPs at 224 px
+PAPER_FIXED = {
+    "params": (27 * 32 + 64) + (9 * 32 + 64 + 2 * 32 * 8 + 8 + 32 + 32 * 16 + 32)
+    + (320 * 1280 + 2560 + 1280 * 1000 + 1000),
+    "flops": 2 * ((27 * 32 + 9 * 32 + 32 * 16) * 112 ** 2 + 2 * 32 * 8
+                  + 320 * 1280 * 7 ** 2 + 1280 * 1000),
+}
+
+
+def _layer(in_chs: int, out_chs: int, k: int, e: int, stride: int, size: int
+           ) -> tuple[int, int]:
+    """(params, FLOPs) of an MBConv layer as timm builds it (SE reduced from the input width)."""
+    mid = in_chs * e
+    rd = max(1, int(in_chs * 0.25))
+    out = math.ceil(size / stride)
+    params = (in_chs * mid + 2 * mid + k * k * mid + 2 * mid + 2 * mid * rd + rd + mid
+              + mid * out_chs + 2 * out_chs)
+    flops = 2 * (in_chs * mid * size ** 2 + k * k * mid * out ** 2 + 2 * mid * rd
+                 + mid * out_chs * out ** 2)
+    return params, flops
+
+
+def synthetic_problem(seed: int = 0, depths: Sequence[Sequence[int]] = PAPER_DEPTHS,
+                      shapes: Sequence[tuple[int, int, int, int]] = PAPER_SHAPES,
+                      ) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+    """Per block: the candidates' scores, and their ``{"params", "flops"}`` costs."""
+    rng = np.random.default_rng(seed)
+    scores, costs = [], []
+    for cells, (cin, cout, stride, size) in zip(depths, shapes, strict=True):
+        first = np.array([_layer(cin, cout, k, e, stride, size) for k, e in OPS], dtype=float)
+        out = math.ceil(size / stride)
+        inner = np.array([_layer(cout, cout, k, e, 1, out) for k, e in OPS], dtype=float)
+        block_s, block_c = [], []
+        for depth in cells:
+            ops = np.array(list(itertools.product(range(len(OPS)), repeat=depth)))
+            c = first[ops[:, 0]] + inner[ops[:, 1:]].sum(axis=1)
+            block_c.append(c)
+            quality = np.log(c[:, 0])
+            z = (quality - quality.mean()) / (quality.std() + 1e-12)
+            block_s.append(1.0 - 0.15 * z + rng.normal(0.0, 0.1, len(c)) - 0.05 * depth)
+        s, c = np.concatenate(block_s), np.concatenate(block_c)
+        scores.append(s * rng.uniform(0.5, 1.5))
+        costs.append({"params": c[:, 0], "flops": c[:, 1]})
+    return scores, costs
+
+
+def bench_select(metrics: Sequence[str] = ("params",), *, seed: int = 0, repeats: int = 5,
+                 top_k: int = 5, tightness: float = 0.5) -> dict[str, Any]:
+    """Time :func:`solve` on the synthetic paper-sized problem; return the median and details.
+
+    Each metric gets the budget ``cheapest + tightness * (dearest - cheapest)`` (whole network,
+    fixed parts included), e.g. about 5.1 M params for ``tightness=0.5``.
+    """
+    scores, costs = synthetic_problem(seed)
+    fixed = np.array([PAPER_FIXED[m] for m in metrics], dtype=float)
+    table = [np.stack([c[m] for m in metrics], axis=1) for c in costs]
+    lo = sum(t.min(axis=0) for t in table) if metrics else np.zeros(0)
+    hi = sum(t.max(axis=0) for t in table) if metrics else np.zeros(0)
+    budgets = lo + tightness * (hi - lo)
+    times = []
+    sol = None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        sol = solve(scores, table, budgets, top_k=top_k, names=list(metrics), fixed=fixed)
+        times.append(time.perf_counter() - t0)
+    assert sol is not None
+    best = sol.top[0]
+    return {
+        "seconds": float(np.median(times)),
+        "times": [round(t, 6) for t in times],
+        "candidates": [len(s) for s in scores],
+        "networks": float(math.prod(len(s) for s in scores)),
+        "budgets": {m: float(b + f) for m, b, f in zip(metrics, budgets, fixed, strict=True)},
+        "top_k": top_k,
+        "score": best.score,
+        "costs": {m: c + f for m, c, f in zip(metrics, best.costs, fixed, strict=True)},
+        "front": len(sol.front_scores),
+        "kept": list(sol.kept),
+        "largest_merge": sol.largest,
+        "seed": seed,
+    }

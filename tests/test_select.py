@@ -1,0 +1,212 @@
+"""The exact selector: proof against brute force, infeasible budgets, the plugin, the benchmark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dnax
+from dnax.plugins.selectors import pareto
+from dnax.plugins.selectors.bench import bench_select, synthetic_problem
+from dnax.plugins.selectors.exact import Exact, ExactConfig, normalise
+
+hypothesis = pytest.importorskip("hypothesis", reason="property tests need hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def instances(draw):
+    """Small problems with integer scores and costs, so that ties are frequent and exact."""
+    m = draw(st.integers(0, 3))
+    blocks = draw(st.integers(1, 3))
+    scores, costs = [], []
+    for _ in range(blocks):
+        n = draw(st.integers(1, 6))
+        scores.append(np.array(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)),
+                               dtype=float))
+        flat = draw(st.lists(st.integers(0, 5), min_size=n * m, max_size=n * m))
+        costs.append(np.array(flat, dtype=float).reshape(n, m))
+    budgets = np.array(draw(st.lists(st.integers(0, 5 * blocks), min_size=m, max_size=m)),
+                       dtype=float)
+    return scores, costs, budgets, draw(st.integers(1, 6))
+
+
+def _front(points: np.ndarray) -> list[tuple[float, ...]]:
+    uniq = np.unique(points, axis=0)
+    return sorted(tuple(p) for p in uniq
+                  if not any((q <= p).all() and (q < p).any() for q in uniq))
+
+
+@settings(max_examples=200, deadline=None)
+@given(instances())
+def test_exact_against_brute_force(inst):
+    scores, costs, budgets, k = inst
+    _, sc, co = pareto.brute_force(scores, costs, budgets)
+    if len(sc) == 0:
+        with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
+            pareto.solve(scores, costs, budgets, top_k=k)
+        return
+    sol = pareto.solve(scores, costs, budgets, top_k=k)
+    # the k best scores, ties included
+    assert [n.score for n in sol.top] == sorted(sc)[:k]
+    assert len({n.choice for n in sol.top}) == len(sol.top)
+    for net in sol.top:
+        assert net.score == sum(s[i] for s, i in zip(scores, net.choice, strict=True))
+        total = sum(c[i] for c, i in zip(costs, net.choice, strict=True))
+        assert np.array_equal(total, net.costs) and (total <= budgets).all()
+    # the whole front of feasible networks, one network per distinct (score, costs)
+    got = sorted((n.score, *n.costs) for n in sol.front)
+    assert got == _front(np.column_stack([sc, co]))
+
+
+def test_infeasible_budget_names_the_cheapest():
+    scores = [np.array([1.0, 2.0]), np.array([0.5, 0.1])]
+    costs = [np.array([[3.0], [5.0]]), np.array([[2.0], [4.0]])]
+    with pytest.raises(dnax.NoFeasibleNetworkError) as e:
+        pareto.solve(scores, costs, [4.0], names=["params"], fixed=[100.0])
+    assert str(e.value) == "no network fits params <= 104: the cheapest costs 105"
+
+
+def test_budgets_that_only_fail_together():
+    scores = [np.array([0.0, 0.0])]
+    costs = [np.array([[1.0, 9.0], [9.0, 1.0]])]
+    with pytest.raises(dnax.NoFeasibleNetworkError, match="at once"):
+        pareto.solve(scores, costs, [5.0, 5.0], names=["params", "flops"])
+
+
+def test_normalise():
+    s = np.array([3.0, 1.0, 2.0, 2.0, np.nan])
+    assert np.allclose(normalise(s, "minmax")[:4], [1.0, 0.0, 0.5, 0.5])
+    assert np.allclose(normalise(s, "rank")[:4], [1.0, 0.0, 0.5, 0.5])
+    z = normalise(s, "zscore")[:4]
+    assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
+    assert np.isnan(normalise(s, "none")[4])
+
+
+class _Ctx:
+    """Just what a selector uses of a StageContext."""
+
+    def __init__(self, tmp_path):
+        self.run_dir = dnax.RunDir(tmp_path)
+        self.dist = dnax.DistInfo()
+        self.lines: list[str] = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+    def progress(self, *args, **kwargs):
+        pass
+
+
+def _rankings(seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for b, n in enumerate((4, 7, 5)):
+        cands = tuple(dnax.Candidate(b, i, 0, (i,), (f"op{i}",)) for i in range(n))
+        params = rng.integers(10, 100, n).astype(float)
+        flops = params * rng.uniform(5, 15, n)
+        nmae = 1.0 / params + rng.normal(0, 0.002, n)
+        out.append(dnax.BlockRanking(b, cands, {"nmae": nmae, "mse": nmae * 3},
+                                     {"params": params, "flops": flops}))
+    return out
+
+
+@pytest.mark.parametrize("how", ["none", "minmax", "zscore", "rank"])
+def test_selector_matches_brute_force_and_stores_front(tmp_path, how):
+    rankings = _rankings()
+    fixed = {"params": 50.0, "flops": 400.0}
+    config = ExactConfig(budgets={"params": 200.0, "flops": 2500.0}, top_k=3, normalise=how)
+    ctx = _Ctx(tmp_path)
+    sel = Exact(config).select(ctx, rankings, fixed)
+
+    scores = [normalise(r.scores["nmae"], how) for r in rankings]
+    costs = [np.column_stack([r.costs["params"], r.costs["flops"]]) for r in rankings]
+    _, sc, _ = pareto.brute_force(scores, costs, [150.0, 2100.0])
+    assert sel.score == pytest.approx(sc.min(), abs=1e-12)
+    for m in ("params", "flops"):
+        want = fixed[m] + sum(r.costs[m][i] for r, i in zip(rankings, sel.candidates,
+                                                            strict=True))
+        assert sel.costs[m] == pytest.approx(want) and sel.costs[m] <= config.budgets[m]
+    assert sel.budgets == config.budgets
+
+    top = ctx.run_dir.read_json("selection/top.json", kind="top-k")
+    assert [n["score"] for n in top["networks"]] == pytest.approx(sorted(sc)[:3])
+    assert top["networks"][0]["candidates"] == list(sel.candidates)
+    front = ctx.run_dir.read_json("selection/front.json", kind="pareto-front")
+    assert len(front["candidates"]) == len(front["scores"]) == len(front["costs"]) >= 1
+    assert min(front["scores"]) == pytest.approx(sel.score)
+    assert all(c[0] <= 200.0 and c[1] <= 2500.0 for c in front["costs"])
+    assert ctx.lines and "exact:" in ctx.lines[-1]
+
+
+def test_selector_errors(tmp_path):
+    rankings = _rankings()
+    fixed = {"params": 50.0}
+    with pytest.raises(dnax.ConfigError, match=r"budgets\.latency"):
+        Exact(ExactConfig(budgets={"latency": 12.0})).select(_Ctx(tmp_path), rankings, fixed)
+    with pytest.raises(dnax.ConfigError, match=r"\$\.selector\.key"):
+        Exact(ExactConfig(key="top1")).select(_Ctx(tmp_path), rankings, fixed)
+    with pytest.raises(dnax.NoFeasibleNetworkError, match="the cheapest costs"):
+        Exact(ExactConfig(budgets={"params": 60.0})).select(_Ctx(tmp_path), rankings, fixed)
+
+
+def test_selector_without_budgets_takes_each_blocks_best(tmp_path):
+    rankings = _rankings(1)
+    sel = Exact(ExactConfig()).select(_Ctx(tmp_path), rankings, {})
+    assert sel.candidates == tuple(int(np.argmin(r.scores["nmae"])) for r in rankings)
+
+
+def test_check_refuses_unknown_budget_metric(registry, pipeline):
+    from dnax.plugins.selectors import exact
+    from dnax.registry import Registry
+
+    registry = Registry.create(entry_points=False, builtins=False,
+                                     plugins=[*registry.pm.get_plugins(), exact])
+    pipeline["selector"] = {"plugin": "exact", "budgets": {"latency": 10.0}}
+    with pytest.raises(dnax.ConfigError, match=r"budgets\.latency: no \[\[costs\]\] model"):
+        dnax.load_pipeline(pipeline, registry)
+    pipeline["selector"] = {"plugin": "exact", "budgets": {"params": 116.0}, "top_k": 2}
+    config = dnax.load_pipeline(pipeline, registry)
+    assert config.sections["selector"].config.top_k == 2
+
+
+def test_pipeline_selects_with_exact(registry, pipeline, tmp_path):
+    """The whole pipeline (stand-in stages on real digits images) with the exact selector."""
+    from dnax.plugins.selectors import exact
+    from dnax.registry import Registry
+
+    registry = Registry.create(entry_points=False, builtins=False,
+                                     plugins=[*registry.pm.get_plugins(), exact])
+    pipeline["selector"] = {"plugin": "exact", "budgets": {"params": 116.0}, "top_k": 3}
+    run = dnax.run_pipeline(pipeline, tmp_path / "run", registry=registry)
+    sel = run.selection
+    assert sel is not None and sel.costs["params"] <= 116.0
+    rankings = [run.ranking(b) for b in range(2)]
+    # the stand-in params model: kernel sizes summed, plus 100 fixed
+    costs = [np.array([[sum(int(a.split("_k")[1][0]) for a in c.arch)] for c in r.candidates],
+                      dtype=float) for r in rankings]
+    _, sc, _ = pareto.brute_force([r.scores["nmae"] for r in rankings], costs, [16.0])
+    assert sel.score == pytest.approx(sc.min(), rel=1e-6)
+    assert run.run_dir.exists("selection/front.json") and run.run_dir.exists("selection.json")
+
+
+def test_paper_sized_problem():
+    """2x10^17 networks: the solver's optimum never exceeds the budget and top-1 agrees with the
+    best of top-5 (speed is reported by ``bench_select``, not asserted)."""
+    out = bench_select(("params",), repeats=1, top_k=5)
+    assert out["candidates"] == [288, 1548, 1548, 2808, 16848, 6]
+    assert out["networks"] == pytest.approx(1.96e17, rel=0.01)
+    assert out["costs"]["params"] <= out["budgets"]["params"]
+    assert out["front"] > 10
+    one = bench_select(("params",), repeats=1, top_k=1)
+    assert one["score"] == out["score"]
+    two = bench_select(("params", "flops"), repeats=1, top_k=1)
+    assert all(two["costs"][m] <= two["budgets"][m] for m in ("params", "flops"))
+
+
+def test_synthetic_problem_is_seeded():
+    a, ca = synthetic_problem(3)
+    b, cb = synthetic_problem(3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x["flops"], y["flops"]) for x, y in zip(ca, cb, strict=True))
