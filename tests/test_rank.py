@@ -171,6 +171,27 @@ def test_shards_split_every_candidate_once(net_and_data):
     assert shard_prefixes(shapes, 0, 1) == [None, None]
 
 
+def test_tree_walk_on_the_mbconv_space():
+    mbconv = pytest.importorskip("dnax.plugins.spaces.mbconv", reason="mbconv space missing")
+    cfg = mbconv.MBConvSpaceConfig(
+        preset="custom", kernels=(3, 5), expansions=(3.0, 6.0), stem_size=16,
+        blocks=(mbconv.BlockConfig((mbconv.CellConfig(3, 16), mbconv.CellConfig(2, 16))),))
+    space = mbconv.MBConvSpace(cfg)
+    spec = dnax.BlockSpec(0, 1, 24, 40, 2, 12, 6)
+    torch.manual_seed(0)
+    net = space.build_supernet(spec).eval()
+    randomise_bn(net)
+    xs, ts = [torch.randn(4, 24, 12, 12)], [torch.randn(4, 40, 6, 6)]
+    groups, w = make_groups(xs, ts), score_weights(ts)
+    tables = []
+    for c, cell in enumerate(net.cells):
+        tables.append(walk_cell(cell, groups, w))
+        torch.testing.assert_close(tables[-1], plain_cell(net, c, groups, w), rtol=1e-5, atol=0)
+    cands = space.candidates(spec)
+    assert len(cands) == sum(len(t) for t in tables) == 80
+    assert [c.cell for c in cands[62:66]] == [0, 0, 1, 1] and cands[64].ops == (0, 0)
+
+
 def _dist_worker(rank: int, world: int, init: str, out: str) -> None:
     import traceback
     from datetime import timedelta
@@ -354,7 +375,9 @@ def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
         for arr in ranking.scores.values():
             assert arr.shape == (12,) and np.isfinite(arr).all() and (arr > 0).all()
         assert len(set(ranking.scores["nmae"].round(6))) == 12
-        assert hook.progress.count((f"rank block {spec.index}", 12, 12)) == 1
+        steps = [done for task, done, total in hook.progress
+                 if task == f"rank block {spec.index}" and total == 12]
+        assert steps[0] == 0 and steps[-1] == 12 and steps == sorted(steps) and len(steps) > 3
     assert {p: p.read_bytes() for p in tmp_path.glob("supernets/*")} == stored
     assert not hook.logs
 

@@ -75,15 +75,29 @@ def bench_supernet(depth: int = 4, ops: int = 6, *, teacher_in: int = 32, teache
 def bench_rank(depth: int = 4, ops: int = 6, *, batch_size: int = 8, batches: int = 1,
                size: int = 16, recal: Literal["same", "separate", "off"] = "same",
                device: str = "cpu", amp: bool = False, seed: int = 0,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+               threads: int | None = None, progress: Callable[[str], None] | None = None
+               ) -> dict[str, Any]:
     """Time :func:`walk_cell` and :func:`plain_cell` on the same random block inputs.
 
     A one-cell supernet of ``depth`` layers x ``ops`` ops (stride 2 on the first layer,
-    ``size`` px input, ``batches`` scoring batches of ``batch_size``). Returns both times in
+    ``size`` px input, ``batches`` scoring batches of ``batch_size``). ``threads`` sets torch's
+    CPU threads for the run (1 keeps a busy machine's timings steady). Returns both times in
     seconds, their ratio (``speedup``) and the largest relative difference of the scores.
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(depth, ops, batch_size, batches, size, recal, torch.device(device), amp,
+                      seed, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _bench(depth: int, ops: int, batch_size: int, batches: int, size: int, recal: str,
+           dev: torch.device, amp: bool, seed: int,
+           progress: Callable[[str], None] | None) -> dict[str, Any]:
     torch.manual_seed(seed)
-    dev = torch.device(device)
     net = bench_supernet(depth, ops).to(dev).eval()
     out_size = -(-size // 2)
     xs = [torch.randn(batch_size, 32, size, size, device=dev) for _ in range(batches)]

@@ -166,12 +166,18 @@ class PrefixEvaluator(dnax.Evaluator):
         shards = shard_prefixes(shapes, ctx.dist.rank, ctx.dist.world_size, cfg.shard_depth)
         total = sum(math.prod(s) for s in shapes)
         task = f"rank block {spec.index}"
-        parts, done = [], 0
+        parts: list[torch.Tensor] = []
+        done = 0
         ctx.progress(task, 0, total)
         for cell, prefixes in zip(supernet.cells, shards, strict=True):
-            parts.append(walk_cell(cell, groups, weights, prefixes=prefixes, amp=cfg.amp))
-            done += parts[-1].shape[0]
-            ctx.progress(task, done, total)
+            n = math.prod(cell_shape(cell))
+
+            def report(share: float, done: int = done, n: int = n) -> None:
+                ctx.progress(task, done + round(share * n), total)
+
+            parts.append(walk_cell(cell, groups, weights, prefixes=prefixes, amp=cfg.amp,
+                                   progress=report))
+            done += n
         scores = torch.cat(parts)
         if ctx.dist.enabled:  # each candidate's row is filled on one rank only, zero elsewhere
             import torch.distributed as tdist

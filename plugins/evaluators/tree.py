@@ -15,7 +15,7 @@ import contextlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -88,12 +88,14 @@ def cell_shape(cell: nn.Module) -> tuple[int, ...]:
 
 
 def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
-              prefixes: Sequence[tuple[int, ...]] | None = None, amp: bool = False) -> Tensor:
+              prefixes: Sequence[tuple[int, ...]] | None = None, amp: bool = False,
+              progress: Callable[[float], None] | None = None) -> Tensor:
     """Score every candidate of ``cell``: a tensor (candidates x 3) in :data:`METRICS` order,
     rows in ``itertools.product`` order of the op indices (first layer most significant).
 
     ``prefixes`` restricts the walk to the sub-trees under those op prefixes (sharding); the
-    rows of the other candidates stay zero. BatchNorm buffers are restored afterwards.
+    rows of the other candidates stay zero. ``progress`` is called with the share of the walk
+    done after each first-layer sub-tree. BatchNorm buffers are restored afterwards.
     """
     shape = cell_shape(cell)
     device = weights.device
@@ -108,7 +110,8 @@ def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
     bns: dict[int, list[_BatchNorm]] = {}
 
     def node(j: int, row: int, path: tuple[int, ...], rec: list[Tensor] | None,
-             xs: list[Tensor], group: Group) -> None:
+             xs: list[Tensor], g: int) -> None:
+        group = groups[g]
         if j == len(shape):
             if rec is not None:
                 _recalibrate(cell.exit, rec, bns)
@@ -120,12 +123,14 @@ def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
             if wanted is not None and len(sub) <= depth and sub not in wanted:
                 continue
             nxt = None if rec is None else _recalibrate(layer, rec, bns)
-            node(j + 1, row * shape[j] + o, sub, nxt, [layer(x) for x in xs], group)
+            node(j + 1, row * shape[j] + o, sub, nxt, [layer(x) for x in xs], g)
+            if j == 0 and progress is not None:
+                progress((g + (o + 1) / len(cell.layers[0])) / len(groups))
 
     with _preserved(cell), torch.no_grad(), _autocast(device, amp):
-        for group in groups:
+        for g, group in enumerate(groups):
             rec = _recalibrate(cell.enter, list(group.recal), bns) if group.recal else None
-            node(0, 0, (), rec, [cell.enter(x) for x in group.inputs], group)
+            node(0, 0, (), rec, [cell.enter(x) for x in group.inputs], g)
     return acc
 
 
@@ -145,13 +150,10 @@ def plain_cell(supernet: nn.Module, index: int, groups: Sequence[Group], weights
                     path = [cell.enter, *(cell.layers[j][o] for j, o in enumerate(ops)),
                             cell.exit]
                     norms = [bn for m in path for bn in _bns(m, bns)]
-                    for bn in norms:
-                        bn.reset_running_stats()
-                        bn.train()
+                    _reset(norms, True)
                     for x in group.recal:
                         supernet(x, index, ops)
-                    for bn in norms:
-                        bn.eval()
+                    _reset(norms, False)
                 total = sum(_sums(supernet(x, index, ops), t)
                             for x, t in zip(group.inputs, group.targets, strict=True))
                 acc[row] += (total * weights).sum(1)
@@ -215,13 +217,19 @@ def _recalibrate(module: nn.Module, inputs: list[Tensor],
     """Reset the BatchNorm statistics of ``module``, recompute them (cumulative average) from a
     train-mode forward of ``inputs``, and return those train-mode outputs."""
     norms = _bns(module, cache)
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.train()
+    _reset(norms, True)
     out = [module(x) for x in inputs]
-    for bn in norms:
-        bn.eval()
+    _reset(norms, False)
     return out
+
+
+def _reset(norms: list[_BatchNorm], train: bool) -> None:
+    """Before a recalibration (``train``): reset the statistics and switch to batch statistics;
+    after it: back to the running ones. Only the BatchNorm's own flag changes (no dropout)."""
+    for bn in norms:
+        if train:
+            bn.reset_running_stats()
+        bn.training = train
 
 
 @contextlib.contextmanager
