@@ -59,6 +59,9 @@ def _train(ctx: StageContext) -> TrainResult:
 
 def _rank(ctx: StageContext) -> RankResult:
     result = ctx.plugins.evaluator.rank(ctx)
+    ctx.dist.barrier()  # rank 0 has written every ranking before anyone reads one
+    if not ctx.dist.is_main:
+        return result
     blocks = {b.index: b for b in ctx.results["teacher"].blocks}
     for ref in result.blocks:
         ctx.hook.dnax_block_ranked(block=blocks[ref.block],
@@ -94,7 +97,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", ("pipeline", "data", "teacher"), ("teacher",), TeacherResult, _teacher),
     Stage("train", ("space", "trainer"), ("supernets",), TrainResult, _train),
     Stage("rank", ("evaluator",), ("rankings",), RankResult, _rank),
-    Stage("select", ("costs", "selector"), (), Selection, _select),
+    Stage("select", ("costs", "selector"), ("selection",), Selection, _select),
     Stage("retrain", ("retrainer",), ("model",), RetrainResult, _retrain),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
