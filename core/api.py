@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from attrs import define, field
 from .config import PipelineConfig, load_config
 from .errors import ArtifactError
 from .rundir import RunDir
-from .runner import STAGE_NAMES, build_plan, instantiate, load_result
+from .runner import COSTS, STAGE_NAMES, build_plan, instantiate, load_result
 from .runner import run as _run
 from .types import BlockRanking, Plan, Selection
 
@@ -76,13 +77,33 @@ class Run:
             raise ArtifactError(f"{self.run_dir.root}: the rank stage has not finished")
         for ref in rank.blocks:
             if ref.block == block:
-                return self.run_dir.load_ranking(ref)
+                return self._with_costs(self.run_dir.load_ranking(ref))
         raise ArtifactError(f"{self.run_dir.root}: no ranking for block {block} "
                             f"(blocks: {[r.block for r in rank.blocks]})")
 
     def rankings(self) -> list[BlockRanking]:
+        """Every block's ranking, with the select stage's costs once it has run."""
         rank = self.results.get("rank")
-        return [] if rank is None else [self.run_dir.load_ranking(r) for r in rank.blocks]
+        if rank is None:
+            return []
+        return [self._with_costs(self.run_dir.load_ranking(r)) for r in rank.blocks]
+
+    @property
+    def fixed_costs(self) -> dict[str, float]:
+        """Stem, head and unsearched stages' cost per metric (empty before the select stage)."""
+        return self._costs()[1]
+
+    def _costs(self) -> tuple[dict[str, Any], dict[str, float]]:
+        if "select" not in self.results or not self.run_dir.exists(COSTS):
+            return {}, {}
+        arrays, meta = self.run_dir.load_tensors(COSTS, kind="costs")
+        return arrays, json.loads(meta.get("fixed", "{}"))
+
+    def _with_costs(self, r: BlockRanking) -> BlockRanking:
+        prefix = f"block{r.block}."
+        extra = {k.removeprefix(prefix): v.numpy() for k, v in self._costs()[0].items()
+                 if k.startswith(prefix)}
+        return BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **extra}) if extra else r
 
 
 def load_model(path: str | os.PathLike, registry: Any = None) -> Any:

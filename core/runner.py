@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import numpy as np
 from attrs import frozen
 
 from .config import PipelineConfig
@@ -70,6 +71,8 @@ def _rank(ctx: StageContext) -> RankResult:
 
 
 def _select(ctx: StageContext) -> Selection:
+    import torch
+
     teacher: TeacherResult = ctx.results["teacher"]
     rank: RankResult = ctx.results["rank"]
     rankings = []
@@ -78,6 +81,10 @@ def _select(ctx: StageContext) -> Selection:
         costs = {c.metric: c.candidate_costs(ctx, spec, r.candidates) for c in ctx.plugins.costs}
         rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs}))
     fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
+    if ctx.dist.is_main and ctx.plugins.costs:
+        ctx.run_dir.save_tensors(COSTS, {f"block{r.block}.{m}": torch.as_tensor(
+            np.asarray(v, dtype=np.float64)) for r in rankings for m, v in r.costs.items()},
+                                 kind="costs", metadata={"fixed": json.dumps(fixed)})
     selection = ctx.plugins.selector.select(ctx, rankings, fixed)
     chosen = [r.candidates[i] for r, i in zip(rankings, selection.candidates, strict=True)]
     arch = ctx.plugins.space.arch_def(teacher.blocks, chosen)
@@ -101,6 +108,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("retrain", ("retrainer",), ("model",), RetrainResult, _retrain),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+#: every candidate's cost per block and metric, written by the select stage
+COSTS = "selection/costs.safetensors"
 _OWNER = {"train": "trainer", "rank": "evaluator", "select": "selector", "retrain": "retrainer"}
 
 _conv = cattrs.Converter()

@@ -54,6 +54,9 @@ def test_full_run_then_resume_skips_everything(registry, pipeline, tmp_path):
     assert sel.arch_def[0] == ("ds_r1_k3_s1_c8",) and sel.model_kwargs == {"stem_size": 8}
     # exactly the brute-force optimum of the stored rankings
     r0, r1 = run.ranking(0), run.ranking(1)
+    # the select stage's costs come back with the rankings (for `dnax inspect`)
+    assert run.fixed_costs == {"params": 100.0}
+    assert list(r1.costs["params"]) == [sum(int(a[7]) for a in c.arch) for c in r1.candidates]
     best = min((r0.scores["nmae"][i] + r1.scores["nmae"][j], (i, j))
                for i in range(4) for j in range(4)
                if 100 + sum(int(a[7]) for a in r0.candidates[i].arch + r1.candidates[j].arch)
