@@ -151,20 +151,32 @@ def inspect(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
     block: Annotated[int | None, typer.Option(help="Only this block's ranking.")] = None,
     top: Annotated[int, typer.Option(help="Candidates shown per block.")] = 10,
+    png: Annotated[Path | None, typer.Option(
+        help="Where to draw the Pareto front [default: RUN_DIR/selection/pareto.png].")] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="Do not draw the Pareto front.")
+                      ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run: stage status, block rankings, the selected network and the report."""
+    """Show a run: stage status, block rankings, the selected network and the report; draw the
+    Pareto front (score against each budgeted cost, selected network marked) as a PNG."""
     from dnax.runner import STAGE_NAMES
 
     run_ = dnax.load_run(run_dir)
     rankings = [run_.ranking(block)] if block is not None else run_.rankings()
     key = run_.results["rank"].key if "rank" in run_.results else "nmae"
+    picture = None
+    if not no_png and run_.selection is not None:
+        from dnax.cli.plot import pareto_png
+
+        picture = pareto_png(run_, png or run_.run_dir.path("selection", "pareto.png"))
     if as_json:
         _print_json({
             "run_dir": str(run_.run_dir.root),
             "finished": [s for s in STAGE_NAMES if s in run_.results],
             "rankings": [_ranking_json(r, key, top) for r in rankings],
+            "fixed_costs": run_.fixed_costs,
             "selection": run_.selection,
+            "pareto_png": picture,
             "report": run_.report,
         })
         return
@@ -173,6 +185,8 @@ def inspect(
         out.print(render.ranking_table(r, key, top))
     if run_.selection is not None:
         out.print(render.selection_table(run_.selection))
+    if picture is not None:
+        out.print(f"Pareto front: {picture}", markup=False)
     if run_.report:
         out.print(render.report_table(run_.report))
 

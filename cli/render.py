@@ -15,7 +15,7 @@ def _num(v: Any) -> str:
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return f"{v:,}"
     if isinstance(v, (float, np.floating)):
-        return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1e4 or float(v).is_integer() else f"{v:.4g}"
     return str(v)
 
 
@@ -89,12 +89,15 @@ def report_table(report: Mapping[str, Any]) -> Table:
     t.add_column("teacher", justify="right")
     t.add_column("student", justify="right")
     teacher, student = report.get("teacher", {}), report.get("student", {})
-    for key in ("top1", "top5", "params", "flops"):
+    for key, label in (("top1", "top-1 %"), ("top5", "top-5 %"), ("params", "params"),
+                       ("flops", "FLOPs")):
         if key in teacher or key in student:
-            t.add_row(key, _num(teacher.get(key, "")), _num(student.get(key, "")))
+            t.add_row(label, _num(teacher.get(key, "")), _num(student.get(key, "")))
     stages = report.get("stages", {})
-    for name, s in stages.items():
-        t.add_row(f"time: {name}", "", "reused" if s.get("skipped") else f"{s['seconds']:.1f} s")
+    times = [f"{name} " + ("reused" if s.get("skipped") else f"{s['seconds']:.1f} s")
+             for name, s in stages.items()]
+    total = sum(s["seconds"] for s in stages.values())
+    t.caption = "time per stage: " + ", ".join(times) + f" (total {total:.1f} s)" if times else ""
     return t
 
 

@@ -71,6 +71,8 @@ class PipelineSettings:
                             metadata={"help": "image side in pixels the teacher sees"})
     deterministic: bool = field(default=False, metadata={
         "help": "deterministic torch algorithms (slower; for reproducible runs)"})
+    threads: int = field(default=0, validator=non_negative, metadata={
+        "help": "CPU threads torch uses (0: torch's default, one per core)"})
 
 
 @frozen

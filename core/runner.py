@@ -151,6 +151,7 @@ def stage_hashes(config: PipelineConfig) -> dict[str, str]:
     settings = dict(tables["pipeline"])
     settings.pop("name", None)
     settings.pop("device", None)  # moving a run between devices keeps its results
+    settings.pop("threads", None)
     tables["pipeline"] = settings
     prev = f"dnax-format-{FORMAT_VERSION}"
     out = {}
@@ -184,6 +185,8 @@ def _setup(config: PipelineConfig, dist: DistInfo) -> str:
             tdist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
+    if config.pipeline.threads:
+        torch.set_num_threads(config.pipeline.threads)
     seed = config.pipeline.seed
     random.seed(seed)
     np.random.seed(seed)

@@ -90,3 +90,34 @@ def test_run_with_unknown_force_stage_exits_2(use_registry, pipeline, tmp_path):
     res = cli.invoke(app, ["run", str(_write(tmp_path, pipeline)), "--force", "nope",
                            "--run-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--force: unknown stage 'nope'" in res.stderr
+
+
+def test_inspect_draws_the_pareto_front_of_the_exact_selector(use_registry, pipeline, tmp_path,
+                                                              monkeypatch):
+    pipeline["selector"] = {"plugin": "exact", "budgets": {"params": 116}, "top_k": 3}
+    run_dir = tmp_path / "run"
+    res = cli.invoke(app, ["run", str(_write(tmp_path, pipeline)), "--run-dir", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["inspect", str(run_dir), "--no-png", "--json"])
+    assert json.loads(res.stdout)["pareto_png"] is None
+    assert not (run_dir / "selection" / "pareto.png").exists()
+
+    res = cli.invoke(app, ["inspect", str(run_dir), "--json"])
+    data = json.loads(res.stdout)
+    png = run_dir / "selection" / "pareto.png"
+    assert data["pareto_png"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the select stage's costs come back per candidate, and the chosen network is on the front
+    assert data["fixed_costs"] == {"params": 100.0}
+    assert all("params" in t["costs"] for r in data["rankings"] for t in r["top"])
+    front = json.loads((run_dir / "selection" / "front.json").read_text())
+    assert data["selection"]["candidates"] in front["candidates"]
+
+    other = tmp_path / "elsewhere.png"
+    res = cli.invoke(app, ["inspect", str(run_dir), "--png", str(other)])
+    assert res.exit_code == 0 and other.exists() and f"Pareto front: {other}" in res.stdout
+
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
+    res = cli.invoke(app, ["inspect", str(run_dir)])
+    assert res.exit_code == 2 and "needs matplotlib" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -140,7 +140,7 @@ def test_retrain_learns_digits_and_exports(trained):
     run_dir, result, hook = trained
     assert result.model == "model/model.safetensors" and result.meta == "model/model.json"
     assert set(result.metrics) == {"top1", "top5", "params", "flops", "epochs", "seconds"}
-    assert result.metrics["top1"] > 0.5  # chance: 0.1
+    assert result.metrics["top1"] > 50  # percent; chance: 10
     assert result.metrics["top5"] >= result.metrics["top1"]
     assert result.metrics["epochs"] == 4
     assert (run_dir / "model/model.onnx").exists()
@@ -177,7 +177,7 @@ def test_exported_model_reloads_with_load_model_and_plain_timm(trained):
     xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
     with torch.no_grad():
         top1 = (from_dir(torch.stack(xs)).argmax(-1) == torch.tensor(ys)).float().mean().item()
-    assert top1 == pytest.approx(result.metrics["top1"], abs=1e-6)
+    assert 100 * top1 == pytest.approx(result.metrics["top1"], abs=1e-4)
     from timm.data import resolve_model_data_config
 
     assert resolve_model_data_config(from_dir)["mean"] == (0.3, 0.3, 0.3)
@@ -246,7 +246,7 @@ def test_distillation_alone_teaches_the_student(trained, tmp_path):
     # distill = 1: the labels play no part; only the teacher's logits train the student
     cfg = TimmRetrainerConfig(epochs=4, distill=1.0, ema_decay=0.0)
     result = TimmRetrainer(cfg).retrain(make_ctx(tmp_path, teacher=teacher), SELECTION)
-    assert result.metrics["top1"] > 0.3  # chance: 0.1
+    assert result.metrics["top1"] > 30  # percent; chance: 10
     logits = torch.randn(4, 10)
     assert kd_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     assert kd_loss(logits, -logits, 2.0).item() > 0

@@ -265,7 +265,8 @@ def test_teacher_trains_on_digits_saves_and_resumes(tmp_path):
     result = teacher.prepare(make_ctx(teacher, data, tmp_path / "a", hook))
     assert result.weights == efficientnet.TEACHER_FILE
     assert result.metrics["top1"] > 30  # chance is 10 %
-    assert {"params", "top1", "top5", "train_loss", "epochs"} <= set(result.metrics)
+    assert {"params", "flops", "top1", "top5", "train_loss", "epochs"} <= set(result.metrics)
+    assert result.metrics["flops"] > 0
     assert ("teacher epoch 2/2", 19, 19) in hook.progress
     ctx = make_ctx(teacher, data, tmp_path / "a")
     model = teacher.load(ctx, result)

@@ -182,8 +182,8 @@ class TimmRetrainer(dnax.Retrainer):
                 ctx.run_dir.save_state(RESUME, _snapshot(model, ema, optimizer, scheduler,
                                                          scaler, train, run, fingerprint))
             ctx.progress(task, steps, steps, loss=loss, **scores)
-            ctx.log(f"{task}: loss {loss:.4f}, top-1 {scores['top1']:.4f}, "
-                    f"top-5 {scores['top5']:.4f} ({seconds:.1f} s)")
+            ctx.log(f"{task}: loss {loss:.4f}, top-1 {scores['top1']:.2f} %, "
+                    f"top-5 {scores['top5']:.2f} % ({seconds:.1f} s)")
 
         last = run["history"][-1] if run["history"] else {}
         metrics = {
@@ -319,7 +319,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device,
              amp_dtype: torch.dtype | None = None, dist: Any = None) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (fractions) of ``model`` over ``loader`` (summed over ranks)."""
+    """Top-1 and top-5 accuracy in percent (as timm reports it) of ``model`` over ``loader``
+    (summed over ranks)."""
     was_training = model.training
     model.eval()
     counts = torch.zeros(3, device=device, dtype=torch.float64)
@@ -337,7 +338,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device,
         tdist.all_reduce(counts)
     model.train(was_training)
     n = max(counts[2].item(), 1.0)
-    return {"top1": counts[0].item() / n, "top5": counts[1].item() / n}
+    return {"top1": 100.0 * counts[0].item() / n, "top5": 100.0 * counts[1].item() / n}
 
 
 def count_flops(model: nn.Module, resolution: int) -> int:

@@ -224,6 +224,7 @@ class EfficientNetTeacher(dnax.Teacher):
         else:
             metrics = train_teacher(ctx, self, num_classes)
             weights = TEACHER_FILE
+        metrics["flops"] = float(_flops(ctx, self, num_classes))
         ctx.log(f"teacher {self.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         return dnax.TeacherResult(model=self.name, weights=weights, num_classes=num_classes,
                                   blocks=blocks, data_config=self.data_config(ctx.resolution),
@@ -340,6 +341,15 @@ def _autocast(device: torch.device | str, amp: bool) -> Any:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
+
+
+def _flops(ctx: dnax.StageContext, teacher: EfficientNetTeacher, num_classes: int) -> int:
+    """FLOPs of one image at the pipeline's resolution (torch's flop counter, as the student's)."""
+    from dnax.plugins.costs.flops import count_flops
+
+    model = teacher.build_model(num_classes).eval()
+    image = torch.zeros(1, 3, ctx.resolution, ctx.resolution)
+    return count_flops(model, image)[0]
 
 
 def _params(model: torch.nn.Module) -> int:

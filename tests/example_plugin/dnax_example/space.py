@@ -11,7 +11,11 @@ from collections.abc import Sequence
 import attrs
 import torch
 from attrs import field, frozen
-from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
+from timm.models._efficientnet_builder import (
+    EfficientNetBuilder,
+    decode_arch_def,
+    round_channels,
+)
 from torch import nn
 
 import dnax
@@ -70,13 +74,19 @@ class ConvSpace(dnax.SearchSpace):
 
     Config = ConvSpaceConfig
 
+    @staticmethod
+    def width(spec: dnax.BlockSpec) -> int:
+        """The cell's channels: the teacher's, as timm rounds them (to a multiple of 8); the
+        supernet's adapters bridge any difference to the teacher's features."""
+        return round_channels(spec.out_chs)
+
     def _archs(self, spec: dnax.BlockSpec) -> list[list[str]]:
-        return [[f"cn_r1_k{k}_s{spec.stride if j == 0 else 1}_c{spec.out_chs}"
+        return [[f"cn_r1_k{k}_s{spec.stride if j == 0 else 1}_c{self.width(spec)}"
                  for k in self.config.kernels] for j in range(self.config.depth)]
 
     def cells(self, block: dnax.BlockSpec) -> tuple[dnax.CellSpec, ...]:
         ops = tuple(f"k{k}" for k in self.config.kernels)
-        return (dnax.CellSpec(0, self.config.depth, block.out_chs, ops),)
+        return (dnax.CellSpec(0, self.config.depth, self.width(block), ops),)
 
     def candidates(self, block: dnax.BlockSpec) -> list[dnax.Candidate]:
         archs = self._archs(block)
@@ -86,7 +96,7 @@ class ConvSpace(dnax.SearchSpace):
                 for i, ops in enumerate(choices)]
 
     def build_supernet(self, block: dnax.BlockSpec) -> nn.Module:
-        return ConvSupernet([ConvCell(block, self._archs(block), block.out_chs)])
+        return ConvSupernet([ConvCell(block, self._archs(block), self.width(block))])
 
     def arch_def(self, blocks: Sequence[dnax.BlockSpec], chosen: Sequence[dnax.Candidate]
                  ) -> list[list[str]]:

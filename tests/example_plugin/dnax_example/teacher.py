@@ -88,7 +88,7 @@ class TinyCNNTeacher(dnax.Teacher):
         params = sum(p.numel() for p in model.parameters())
         return dnax.TeacherResult("tinycnn", weights_ref, num_classes,
                                   self.blocks(ctx.resolution), self.data_config(ctx.resolution),
-                                  {"top1": top1, "params": float(params)})
+                                  {"top1": 100 * top1, "params": float(params)})
 
     def _fit(self, ctx: dnax.StageContext, model: nn.Module) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=self.config.lr)
