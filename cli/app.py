@@ -157,8 +157,7 @@ def inspect(
                       ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run: stage status, block rankings, the selected network and the report; draw the
-    Pareto front (score against each budgeted cost, selected network marked) as a PNG."""
+    """Show a run: stages, block rankings, selected network, report and Pareto-front PNG."""
     from dnax.runner import STAGE_NAMES
 
     run_ = dnax.load_run(run_dir)
@@ -203,6 +202,15 @@ def _ranking_json(r: dnax.BlockRanking, key: str, top: int) -> dict[str, Any]:
                  "costs": {n: float(v[i]) for n, v in r.costs.items()}}
                 for k, i in enumerate(order)],
     }
+
+
+def _profile() -> None:
+    from dnax.cli.profile import profile_command
+
+    app.command("profile")(user_errors(profile_command))
+
+
+_profile()
 
 
 @app.command("config-reference", hidden=True)

@@ -219,10 +219,33 @@ def _structure(conv: cattrs.Converter, data: Any, cls: type, path: str,
             inst = conv.structure(dict(data), cls)
     except Exception as e:  # cattrs raises exception groups; each leaf is one problem
         problems.extend(_problems(e, path))
+        # the keys that did convert are still checked, so that every mistake shows at once
+        failed = _failed_keys(e)
+        try:
+            with attrs.validators.disabled():
+                rest = conv.structure({k: v for k, v in data.items() if k not in failed}, cls)
+        except Exception:
+            return None
+        problems.extend(p for p in _validate(rest, path)
+                        if p[len(path) + 1:].split(":")[0].split(".")[0].split("[")[0]
+                        not in failed)
         return None
     found = list(_validate(inst, path))
     problems.extend(found)
     return None if found else inst
+
+
+def _failed_keys(exc: BaseException) -> set[str]:
+    """The top-level keys of a table that failed to convert (wrong type, unknown key)."""
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        keys = {note.name for _e, note in with_notes}
+        for e in without:
+            keys |= _failed_keys(e)
+        return keys
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return set(exc.extra_fields)
+    return set()
 
 
 def _validate(inst: Any, path: str) -> Iterator[str]:

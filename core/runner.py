@@ -148,6 +148,10 @@ def build_plan(config: PipelineConfig, plugins: Plugins) -> Plan:
 def stage_hashes(config: PipelineConfig) -> dict[str, str]:
     """The hash of each configured stage: its tables plus the previous stage's hash."""
     tables = config.to_dict()
+    for kind, sec in config.sections.items():
+        tables[kind]["files"] = file_digests(sec.config)
+    for table, sec in zip(tables.get("costs", []), config.costs, strict=True):
+        table["files"] = file_digests(sec.config)
     settings = dict(tables["pipeline"])
     settings.pop("name", None)
     settings.pop("device", None)  # moving a run between devices keeps its results
@@ -158,6 +162,21 @@ def stage_hashes(config: PipelineConfig) -> dict[str, str]:
     for stage in configured_stages(config):
         body = json.dumps([prev, {t: tables.get(t) for t in stage.tables}], sort_keys=True)
         prev = out[stage.name] = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return out
+
+
+def file_digests(config: Any) -> dict[str, str]:
+    """sha256 of each file a plugin config names (weights, latency tables, ...), so that a stage
+    re-runs when such a file changes, not only when its path does."""
+    out = {}
+    for a in attrs.fields(type(config)) if attrs.has(type(config)) else ():
+        value = getattr(config, a.name)
+        if isinstance(value, os.PathLike) and os.path.isfile(value):
+            digest = hashlib.sha256()
+            with open(value, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            out[a.name] = digest.hexdigest()
     return out
 
 

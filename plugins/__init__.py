@@ -12,6 +12,7 @@ BUILTINS: tuple[str, ...] = (
     "dnax.plugins.evaluators.prefix",
     "dnax.plugins.costs.params",
     "dnax.plugins.costs.flops",
+    "dnax.plugins.costs.latency",
     "dnax.plugins.selectors.exact",
     "dnax.plugins.retrainers.timm_retrainer",
 )

@@ -179,3 +179,24 @@ def test_plan_counts_candidates(registry, pipeline):
     assert [b.num_candidates for b in plan.blocks] == [4, 4]
     assert plan.num_networks == 16
     assert plan.to_json()["blocks"][1]["in_chs"] == 16
+
+
+def test_a_changed_file_changes_the_digest_that_stage_hashes_fold_in(tmp_path):
+    from pathlib import Path
+
+    from attrs import frozen
+
+    from dnax.runner import file_digests
+
+    @frozen
+    class Config:
+        table: Path
+        folder: Path
+        name: str = "latency.json"
+
+    f = tmp_path / "table.json"
+    f.write_text("1")
+    before = file_digests(Config(f, tmp_path))
+    f.write_text("2")
+    after = file_digests(Config(f, tmp_path))
+    assert set(before) == {"table"} and before != after  # folders and strings are not hashed

@@ -1,0 +1,340 @@
+"""Measure latency tables (``dnax profile``) and check them against whole networks.
+
+:func:`profile` times every distinct layer op of a pipeline's space and the fixed parts of its
+network on one device; :func:`check` builds random whole networks as the retrainer builds them,
+times them end to end the same way and compares with the table's prediction. Nothing here
+prints: progress goes through the registry's ``dnax_progress`` hook.
+
+Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls of the module in
+eval mode under ``torch.inference_mode``: on CUDA with ``torch.cuda.Event`` pairs, elsewhere with
+``time.perf_counter`` around a synchronised call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import re
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import timm
+import torch
+from attrs import frozen
+from timm.models.efficientnet import EfficientNet
+from torch import nn
+
+import dnax
+from dnax.config import load_config
+from dnax.rundir import atomic_write_text
+
+from .common import LayerSig
+from .latency import KIND, VERSION, Latency, LatencyConfig, TableCost, op_key, read_table
+
+#: the pipeline tables profiling needs (costs, trainer etc. are ignored: a [[costs]] table that
+#: names a latency table not yet measured must not stop its measurement)
+TABLES = ("pipeline", "data", "teacher", "space")
+
+
+def load_for_profile(path: str | Path, registry: Any) -> dnax.PipelineConfig:
+    """The pipeline's settings, data, teacher and space from a TOML file; other tables are not
+    read (paths resolve relative to the file, as for ``dnax run``)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise dnax.ConfigError(f"{path}: no such pipeline file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise dnax.ConfigError(f"{path}: invalid TOML ({e})") from None
+    config = load_config({k: v for k, v in raw.items() if k in TABLES}, registry,
+                         base_dir=path.parent)
+    return attrs.evolve(config, source=path.resolve())
+
+
+def make_context(config: dnax.PipelineConfig, registry: Any, device: str | None = None,
+                 stage: str = "profile") -> dnax.StageContext:
+    """A context with the pipeline's data, teacher and space on ``device`` (default: the
+    pipeline's), reporting through ``registry``'s hooks. Nothing is written."""
+    from dnax.runner import resolve_device
+
+    name = resolve_device(device or config.pipeline.device, dnax.DistInfo())
+    sec = config.sections
+    plugins = dnax.Plugins(**{k: registry.create_plugin(k, sec[k].plugin, sec[k].config)
+                              for k in ("data", "teacher", "space")})
+    root = config.source.parent if config.source is not None else Path.cwd()
+    return dnax.StageContext(stage, config, plugins, dnax.RunDir(root), registry.hook, name)
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+def device_name(device: str) -> str:
+    """A readable name of ``device``: the GPU's name, or the CPU model."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    if d.type == "cpu":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return platform.processor() or platform.machine() or "cpu"
+    return d.type
+
+
+def slug(name: str) -> str:
+    """``name`` as a file-name part: ``"NVIDIA H100 80GB HBM3"`` → ``"nvidia-h100-80gb-hbm3"``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type != "cpu" and hasattr(torch, "accelerator"):
+        torch.accelerator.synchronize()
+
+
+def time_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, repeats: int,
+              warmup: int) -> tuple[float, Any]:
+    """The median milliseconds of ``fn(x)`` over ``repeats`` timed calls after ``warmup``
+    untimed ones, and its output."""
+    device = x.device
+    times = []
+    on = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on, torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        _sync(device)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                y = fn(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                y = fn(x)
+                _sync(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), y
+
+
+# --- profiling -------------------------------------------------------------------------------
+
+class Profiler(TableCost):
+    """Walks the space like the cost models do, timing each distinct layer op once (the timm
+    block the network holds, built by :func:`dnax.plugins.costs.common.build_layer`)."""
+
+    def __init__(self, device: str, batch_size: int, repeats: int, warmup: int):
+        super().__init__(None)
+        self.device = torch.device(device)
+        self.batch_size, self.repeats, self.warmup = batch_size, repeats, warmup
+        self.ops: dict[str, float] = {}
+        self.fixed: dict[str, float] = {}
+
+    def _time(self, fn: Callable[[torch.Tensor], Any], shape: Sequence[int]
+              ) -> tuple[float, Any]:
+        x = torch.randn(self.batch_size, *shape, device=self.device)
+        return time_call(fn, x, repeats=self.repeats, warmup=self.warmup)
+
+    def layer_cost(self, ctx: dnax.StageContext, layer: nn.Module, sig: LayerSig
+                   ) -> tuple[float, int]:
+        ms, y = self._time(layer.to(self.device), (sig.in_chs, sig.in_size, sig.in_size))
+        self.ops[op_key(sig, self.batch_size)] = ms
+        ctx.progress("ops", len(self.ops), None, last=f"{ms:.3g} ms")
+        return ms, int(y.shape[-1])
+
+    def fixed_part(self, ctx: dnax.StageContext, model: EfficientNet, n_fixed: int,
+                   blocks: Sequence[dnax.BlockSpec]) -> float:
+        keys = self.keys(ctx, model, n_fixed, blocks, self.batch_size)
+        model = model.to(self.device)
+        res = ctx.resolution
+
+        def stem(x: torch.Tensor) -> torch.Tensor:
+            return model.blocks[:n_fixed](model.bn1(model.conv_stem(x)))
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            return model.forward_head(model.bn2(model.conv_head(x)))
+
+        ctx.progress("fixed parts", 0, 2)
+        stem_ms, x = self._time(stem, (model.in_chans, res, res))
+        with torch.inference_mode():
+            for spec, stage in zip(blocks, model.blocks[n_fixed:], strict=True):
+                if x.shape[-1] != spec.in_size:
+                    raise dnax.ConfigError(
+                        f"$.space: block {spec.index} sees {x.shape[-1]} px in the network "
+                        f"built at resolution {res}, but the teacher's block takes "
+                        f"{spec.in_size} px; the space's stem must reduce as the teacher's does")
+                x = stage(x)
+        if x.shape[-1] != blocks[-1].out_size:
+            raise dnax.ConfigError(
+                f"$.space: the head sees {x.shape[-1]} px in the network built at resolution "
+                f"{res}, but the teacher's last block gives {blocks[-1].out_size} px")
+        ctx.progress("fixed parts", 1, 2)
+        head_ms, _ = time_call(head, x.clone(), repeats=self.repeats, warmup=self.warmup)
+        ctx.progress("fixed parts", 2, 2)
+        self.fixed = {keys["stem"]: stem_ms, keys["head"]: head_ms}
+        return stem_ms + head_ms
+
+
+def profile(config: dnax.PipelineConfig, registry: Any, *, batch_size: int = 1,
+            repeats: int = 50, warmup: int = 10, device: str | None = None) -> dict[str, Any]:
+    """Time every distinct layer op of ``config``'s space and the fixed parts of its network at
+    ``batch_size`` and the pipeline's resolution on ``device`` (default: the pipeline's).
+
+    Returns the latency table (see :mod:`dnax.plugins.costs.latency`) holding this one device;
+    write it with :func:`write_table`.
+    """
+    for name, value, least in (("batch_size", batch_size, 1), ("repeats", repeats, 1),
+                               ("warmup", warmup, 0)):
+        if value < least:
+            raise dnax.ConfigError(f"{name}: must be >= {least}, got {value}")
+    ctx = make_context(config, registry, device)
+    blocks = ctx.plugins.teacher.blocks(ctx.resolution)
+    ctx.plugins.space.check_blocks(blocks)
+    prof = Profiler(ctx.device, batch_size, repeats, warmup)
+    t0 = time.perf_counter()
+    for spec in blocks:
+        prof.candidate_costs(ctx, spec, prof.candidates(ctx, spec))
+    prof.fixed_cost(ctx, blocks)
+    name = device_name(ctx.device)
+    ctx.log(f"measured {len(prof.ops)} ops and {len(prof.fixed)} fixed parts on {name} in "
+            f"{time.perf_counter() - t0:.1f} s")
+    entry = {
+        "device_type": torch.device(ctx.device).type,
+        "batch_size": batch_size,
+        "resolution": ctx.resolution,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "warmup": warmup,
+        "dtype": "float32",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "pipeline": config.pipeline.name,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "ops": dict(sorted(prof.ops.items())),
+        "fixed": prof.fixed,
+    }
+    return {"format": KIND, "format_version": VERSION, "device": name, "devices": {name: entry}}
+
+
+def default_output(pipeline: str | Path, table: dict[str, Any]) -> Path:
+    """``<pipeline dir>/latency-<device slug>.json``."""
+    return Path(pipeline).resolve().parent / f"latency-{slug(table['device'])}.json"
+
+
+def write_table(path: str | Path, table: dict[str, Any]) -> dict[str, Any]:
+    """Write ``table`` to ``path`` atomically; the other devices' entries of a table already at
+    ``path`` are kept (its entry for the same device is replaced). Returns what was written."""
+    path = Path(path)
+    if path.exists():
+        old = read_table(path)  # refuses to overwrite a file that is not a latency table
+        table = {**table, "devices": {**old["devices"], **table["devices"]}}
+    atomic_write_text(path, json.dumps(table, indent=2) + "\n")
+    return table
+
+
+# --- checking --------------------------------------------------------------------------------
+
+@frozen
+class CheckResult:
+    """Predicted against measured latency (ms per batch) of random whole networks."""
+
+    device: str
+    choices: tuple[tuple[int, ...], ...]
+    predicted: tuple[float, ...]
+    measured: tuple[float, ...]
+
+    @property
+    def pairs(self) -> list[tuple[float, float]]:
+        return list(zip(self.predicted, self.measured, strict=True))
+
+    @property
+    def spearman(self) -> float:
+        return spearman(self.predicted, self.measured)
+
+    @property
+    def kendall(self) -> float:
+        return kendall(self.predicted, self.measured)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """0-based ranks, ties sharing their average rank."""
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2.0)[inv]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties: average ranks); NaN when either side is constant."""
+    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties corrected); NaN when either side is constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    nx, ny = np.count_nonzero(sx), np.count_nonzero(sy)
+    if nx == 0 or ny == 0:
+        return float("nan")
+    return float((sx * sy).sum() / np.sqrt(float(nx) * float(ny)))
+
+
+def _sample(rng: np.random.Generator, cells: Sequence[dnax.CellSpec]) -> int:
+    """A candidate index: a cell uniformly, then one op per layer uniformly (so shallow cells
+    are drawn as often as deep ones, spreading the networks' latencies)."""
+    c = int(rng.integers(len(cells)))
+    start = sum(cell.num_candidates for cell in cells[:c])
+    return start + int(rng.integers(cells[c].num_candidates))
+
+
+def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
+          seed: int | None = None, *, device: str | None = None, repeats: int | None = None,
+          warmup: int | None = None) -> CheckResult:
+    """Build ``k`` random networks of the space as the retrainer builds them, time each end to
+    end on ``device`` (at the table's batch size, repeats and warm-up unless given) and predict
+    each from ``table``'s entry for that device with the ``latency`` cost model."""
+    from dnax.plugins.retrainers.export import build_model
+
+    if k < 1:
+        raise dnax.ConfigError(f"--check: must be >= 1, got {k}")
+    ctx = make_context(config, registry, device, stage="check")
+    name = device_name(ctx.device)
+    model = Latency(LatencyConfig(table=Path(table), device=name))
+    entry = model.entry[1]
+    repeats = repeats or int(entry.get("repeats", 50))
+    warmup = int(entry.get("warmup", 10)) if warmup is None else warmup
+    space, res = ctx.plugins.space, ctx.resolution
+    blocks = ctx.plugins.teacher.blocks(res)
+    space.check_blocks(blocks)
+    fixed = model.fixed_cost(ctx, blocks)
+    rng = np.random.default_rng(config.pipeline.seed if seed is None else seed)
+    choices, predicted, measured = [], [], []
+    for n in range(k):
+        choice = tuple(_sample(rng, space.cells(b)) for b in blocks)
+        chosen = [model.candidates(ctx, b)[i] for b, i in zip(blocks, choice, strict=True)]
+        cost = fixed + sum(float(model.candidate_costs(ctx, b, [c])[0])
+                           for b, c in zip(blocks, chosen, strict=True))
+        net = build_model(space.arch_def(blocks, chosen), ctx.plugins.data.num_classes,
+                          space.model_kwargs()).eval().to(ctx.device)
+        x = torch.randn(model.batch_size, net.in_chans, res, res, device=ctx.device)
+        ms, _ = time_call(net, x, repeats=repeats, warmup=warmup)
+        choices.append(choice)
+        predicted.append(cost)
+        measured.append(ms)
+        ctx.progress("networks", n + 1, k, predicted=cost, measured=ms)
+    return CheckResult(name, tuple(choices), tuple(predicted), tuple(measured))
