@@ -110,3 +110,12 @@ def test_resolved_config_round_trips(registry, tmp_path, pipeline):
     again = load_config(__import__("tomllib").loads(cfg.to_toml()), registry)
     assert again.to_dict() == cfg.to_dict()
     assert cfg.to_dict()["trainer"] == {"plugin": "standin", "epochs": 1, "mode": "fast"}
+
+
+def test_a_type_error_does_not_hide_a_failed_check_in_the_same_table(registry, tmp_path):
+    text = BASE.replace('resolution = 8', 'resolution = "x"\nseed = -1\nthreads = -2')
+    assert sorted(_problems(registry, text, tmp_path)) == [
+        '$.pipeline.resolution: expected int, got "x"',
+        "$.pipeline.seed: must be >= 0, got -1",
+        "$.pipeline.threads: must be >= 0, got -2",
+    ]
