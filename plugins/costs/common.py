@@ -199,3 +199,32 @@ class LayerwiseCost(dnax.CostModel):
                 cost, out_size = self.layer_cost(ctx, layer, sig)
             self._layers[key] = (float(cost), out_chs, int(out_size))
         return self._layers[key]
+
+
+def stem_part(model: EfficientNet, n_fixed: int) -> Any:
+    """The network up to its first searched block: stem conv and the unsearched stages."""
+    return lambda x: model.blocks[:n_fixed](model.bn1(model.conv_stem(x)))
+
+
+def head_part(model: EfficientNet) -> Any:
+    """The network after its last searched block: head conv, pooling, classifier."""
+    return lambda x: model.forward_head(model.bn2(model.conv_head(x)))
+
+
+def searched_stages(model: EfficientNet, n_fixed: int, blocks: Sequence[dnax.BlockSpec],
+                    x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Run ``x`` (the stem's output) through the searched stages, checking that every block
+    sees the spatial size the teacher's block does; the input of the head."""
+    with torch.inference_mode():
+        for spec, stage in zip(blocks, model.blocks[n_fixed:], strict=True):
+            if x.shape[-1] != spec.in_size:
+                raise dnax.ConfigError(
+                    f"$.space: block {spec.index} sees {x.shape[-1]} px in the network built at "
+                    f"resolution {resolution}, but the teacher's block takes {spec.in_size} px; "
+                    "the space's stem must reduce as the teacher's does")
+            x = stage(x)
+    if x.shape[-1] != blocks[-1].out_size:
+        raise dnax.ConfigError(
+            f"$.space: the head sees {x.shape[-1]} px in the network built at resolution "
+            f"{resolution}, but the teacher's last block gives {blocks[-1].out_size} px")
+    return x

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dnax
 
-from .common import LayerSig, LayerwiseCost
+from .common import LayerSig, LayerwiseCost, head_part, searched_stages, stem_part
 
 
 @frozen
@@ -50,23 +50,9 @@ class Flops(LayerwiseCost):
         self._check_stride(ctx)
         res = ctx.resolution
         x = torch.zeros(1, model.in_chans, res, res)
-
-        def stem(x: torch.Tensor) -> torch.Tensor:
-            return model.blocks[:n_fixed](model.bn1(model.conv_stem(x)))
-
-        def head(x: torch.Tensor) -> torch.Tensor:
-            return model.forward_head(model.bn2(model.conv_head(x)))
-
-        total, x = count_flops(stem, x)
-        with torch.no_grad():
-            for spec, stage in zip(blocks, model.blocks[n_fixed:], strict=True):
-                if x.shape[-1] != spec.in_size:
-                    raise dnax.ConfigError(
-                        f"$.costs: flops: block {spec.index} sees {x.shape[-1]} px in the "
-                        f"network built at resolution {res}, but the teacher's block takes "
-                        f"{spec.in_size} px; the space's stem must reduce as the teacher's does")
-                x = stage(x)
-        return float(total + count_flops(head, x)[0])
+        total, x = count_flops(stem_part(model, n_fixed), x)
+        x = searched_stages(model, n_fixed, blocks, x, res)
+        return float(total + count_flops(head_part(model), x)[0])
 
     @staticmethod
     def _check_stride(ctx: dnax.StageContext) -> None:

@@ -34,7 +34,7 @@ import dnax
 from dnax.config import load_config
 from dnax.rundir import atomic_write_text
 
-from .common import LayerSig
+from .common import LayerSig, head_part, searched_stages, stem_part
 from .latency import KIND, VERSION, Latency, LatencyConfig, TableCost, op_key, read_table
 
 #: the pipeline tables profiling needs (costs, trainer etc. are ignored: a [[costs]] table that
@@ -160,28 +160,12 @@ class Profiler(TableCost):
         model = model.to(self.device)
         res = ctx.resolution
 
-        def stem(x: torch.Tensor) -> torch.Tensor:
-            return model.blocks[:n_fixed](model.bn1(model.conv_stem(x)))
-
-        def head(x: torch.Tensor) -> torch.Tensor:
-            return model.forward_head(model.bn2(model.conv_head(x)))
-
         ctx.progress("fixed parts", 0, 2)
-        stem_ms, x = self._time(stem, (model.in_chans, res, res))
-        with torch.inference_mode():
-            for spec, stage in zip(blocks, model.blocks[n_fixed:], strict=True):
-                if x.shape[-1] != spec.in_size:
-                    raise dnax.ConfigError(
-                        f"$.space: block {spec.index} sees {x.shape[-1]} px in the network "
-                        f"built at resolution {res}, but the teacher's block takes "
-                        f"{spec.in_size} px; the space's stem must reduce as the teacher's does")
-                x = stage(x)
-        if x.shape[-1] != blocks[-1].out_size:
-            raise dnax.ConfigError(
-                f"$.space: the head sees {x.shape[-1]} px in the network built at resolution "
-                f"{res}, but the teacher's last block gives {blocks[-1].out_size} px")
+        stem_ms, x = self._time(stem_part(model, n_fixed), (model.in_chans, res, res))
+        x = searched_stages(model, n_fixed, blocks, x, res)
         ctx.progress("fixed parts", 1, 2)
-        head_ms, _ = time_call(head, x.clone(), repeats=self.repeats, warmup=self.warmup)
+        head_ms, _ = time_call(head_part(model), x.clone(), repeats=self.repeats,
+                               warmup=self.warmup)
         ctx.progress("fixed parts", 2, 2)
         self.fixed = {keys["stem"]: stem_ms, keys["head"]: head_ms}
         return stem_ms + head_ms
