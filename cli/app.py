@@ -5,48 +5,23 @@ Expected mistakes (:class:`dnax.UserError`) print one line per problem on stderr
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 
 import dnax
 from dnax.cli import render
+from dnax.cli.bench import bench_app
+from dnax.cli.common import err, out, print_json, user_errors
 from dnax.registry import get_registry
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                   add_completion=False, help="Block-wisely supervised NAS with knowledge "
                   "distillation (DNA).")
-bench_app = typer.Typer(no_args_is_help=True, help="Measure the speed of each stage.")
 app.add_typer(bench_app, name="bench")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn an expected mistake into one line per problem on stderr and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except dnax.UserError as e:
-            for line in e.problems:
-                err.print(f"error: {line}", markup=False)
-            raise typer.Exit(2) from None
-        except dnax.DivergenceError as e:
-            err.print(f"error: {e}", markup=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -59,20 +34,6 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
                                                 help="Print the version and exit.")] = False
           ) -> None:
     """dnax: search a network block by block against a teacher, then retrain it."""
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return dnax.runner.unstructure(o)
 
 
 PipelineArg = Annotated[Path, typer.Argument(help="Pipeline TOML file.", show_default=False)]
@@ -120,7 +81,7 @@ def validate(pipeline: PipelineArg, as_json: JsonOpt = False) -> None:
     config = dnax.load_pipeline(pipeline, registry)
     plan = dnax.runner.build_plan(config, dnax.runner.instantiate(config, registry))
     if as_json:
-        _print_json({"valid": True, "stages": [s.name for s in
+        print_json({"valid": True, "stages": [s.name for s in
                                               dnax.runner.configured_stages(config)],
                      "plan": plan.to_json()})
     else:
@@ -134,7 +95,7 @@ def plugins(as_json: JsonOpt = False) -> None:
     registry = get_registry()
     data = registry.to_json()
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     out.print(render.plugins_table(data))
     _warn_failures(registry)
@@ -169,7 +130,7 @@ def inspect(
 
         picture = pareto_png(run_, png or run_.run_dir.path("selection", "pareto.png"))
     if as_json:
-        _print_json({
+        print_json({
             "run_dir": str(run_.run_dir.root),
             "finished": [s for s in STAGE_NAMES if s in run_.results],
             "rankings": [_ranking_json(r, key, top) for r in rankings],

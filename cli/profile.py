@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from dnax.cli.common import err, out
 from dnax.registry import get_registry
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def profile_command(

@@ -270,7 +270,7 @@ def test_rank_correlations():
 
 
 def test_profile_command(tmp_path, reg, monkeypatch):
-    from dnax.cli.app import user_errors
+    from dnax.cli.common import user_errors
     from dnax.cli.profile import profile_command
 
     monkeypatch.setattr("dnax.cli.profile.get_registry", lambda: reg)

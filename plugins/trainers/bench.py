@@ -16,18 +16,23 @@ import dnax
 from .distill import DistillConfig, DistillStep, PathSampler, feature_loss
 
 
-def _median_ms(fn: Callable[[int], Any], steps: int, warmup: int, device: str) -> float:
+def _medians_ms(fns: dict[Any, Callable[[int], Any]], steps: int, warmup: int, device: str
+                ) -> dict[Any, float]:
+    """Median milliseconds of each function, run in turn within every step (interleaved), so
+    a machine whose load drifts during the run slows every measurement alike."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for t in range(warmup):
-        fn(t)
+        for fn in fns.values():
+            fn(t)
     sync()
-    times = []
+    times: dict[Any, list[float]] = {k: [] for k in fns}
     for t in range(warmup, warmup + steps):
-        t0 = time.perf_counter()
-        fn(t)
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(t)
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def _prefix(teacher: dnax.Teacher, model: nn.Module, spec: dnax.BlockSpec
@@ -62,6 +67,8 @@ def bench_train(teacher: dnax.Teacher, model: nn.Module, space: dnax.SearchSpace
       trained each depth variant separately) the teacher prefix up to that block, then that
       cell's forward/backward/optimizer step.
 
+    Every op's optimizer state is allocated before timing (one fair pass over the ops), and the
+    measurements take turns within each timed step, so load drift on a shared machine hits all.
     ``model`` is the teacher network (``teacher.load(...)``, or any weights: timing only).
     Times are medians in milliseconds; returns plain numbers."""
     blocks = tuple(blocks if blocks is not None else teacher.blocks(resolution))
@@ -75,19 +82,25 @@ def bench_train(teacher: dnax.Teacher, model: nn.Module, space: dnax.SearchSpace
     if step.memory is not None:
         images = images.contiguous(memory_format=step.memory)
 
-    step_ms = _median_ms(lambda t: step(images, sampler(0, t)), steps, warmup, device)
-    teacher_ms = _median_ms(lambda t: step.features(images), steps, warmup, device)
+    # Adam allocates an op's state on its first gradient: touch every op once (fair paths)
+    # before timing, or the first steps of a many-op space time that allocation, not a step.
+    fair = PathSampler(step.cells, "fair", seed)
+    for t in range(max((len(c.ops) for cells in step.cells for c in cells), default=1)):
+        step(images, fair(0, t))
     feats = step.features(images)
-    paths = [sampler(1, t) for t in range(steps + warmup)]
+    paths = [sampler(0, t) for t in range(steps + warmup)]  # the step's own paths
 
     def student(t: int) -> None:
         for opt in step.optimizers:
             opt.zero_grad(set_to_none=True)
         step.losses(feats, paths[t])[0].backward()
 
-    student_ms = _median_ms(student, steps, warmup, device)
-
-    official_ms, kind = 0.0, ""
+    fns: dict[Any, Callable[[int], Any]] = {
+        "step": lambda t: step(images, sampler(0, t)),
+        "teacher": lambda t: step.features(images),
+        "student": student,
+    }
+    kind = ""
     for i, spec in enumerate(blocks):
         kind, prefix = _prefix(teacher, model, spec)
         net, opt = step.supernets[i], step.optimizers[i]
@@ -101,8 +114,11 @@ def bench_train(teacher: dnax.Teacher, model: nn.Module, space: dnax.SearchSpace
                 feature_loss(out, y, config.loss).backward()
                 opt.step()
 
-            official_ms += _median_ms(official, steps, warmup, device)
+            fns[("official", i, c)] = official
 
+    ms = _medians_ms(fns, steps, warmup, device)
+    step_ms, teacher_ms, student_ms = ms.pop("step"), ms.pop("teacher"), ms.pop("student")
+    official_ms = sum(ms.values())  # one step of every cell, each after its teacher prefix
     floor_ms = teacher_ms + student_ms
     return {
         "device": device, "batch_size": batch_size, "resolution": resolution,

@@ -1,0 +1,428 @@
+"""``dnax bench train | rank | select``: time a stage against its reference in the same run,
+print a table and write every figure, the arguments and the machine to a JSON file.
+
+Expected mistakes raise :class:`dnax.UserError`; :func:`dnax.cli.common.user_errors` turns them
+into one ``error: ...`` line per problem on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+
+import numpy as np
+import typer
+from rich.table import Table
+
+import dnax
+from dnax.cli.common import err, json_default, out, user_errors
+from dnax.registry import get_registry
+
+bench_app = typer.Typer(no_args_is_help=True, help="Measure the speed of each stage.")
+
+PRESETS = {"paper": ("efficientnet_b0", "paper")}  # teacher model, mbconv space preset
+GOAL_STEP = 1.25  # issue 4: a step within 1.25x of its floor
+GOAL_RANK = 3.0  # issue 5: tree walk >= 3x the plain loop
+GOAL_SELECT_S = 0.1  # issue 6: the paper's space solved in under 0.1 s
+
+
+# --- options shared by the commands ------------------------------------------------------------
+
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="JSON file to write [default: bench-<command>.json in the cwd].",
+    show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    help="torch CPU threads for the run (1 keeps a busy machine's timings steady) "
+         "[default: leave as is].", show_default=False)]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the random inputs and paths.")]
+
+
+def _check(problems: list[str]) -> None:
+    if problems:
+        raise dnax.ConfigError(problems)
+
+
+def _need(problems: list[str], ok: bool, line: str) -> None:
+    if not ok:
+        problems.append(line)
+
+
+def _choice(problems: list[str], name: str, value: str, choices: Sequence[str]) -> None:
+    _need(problems, value in choices,
+          f"{name}: {value!r} is not one of {', '.join(choices)}")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise dnax.ConfigError(f"--device: {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise dnax.ConfigError(f"--device: {name!r} asked for, but no CUDA device is present")
+    return name
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- the report: JSON and table -------------------------------------------------------------
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """CPU model, cores, torch threads and, on CUDA, the GPU name."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"dnax": dnax.__version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__}
+
+
+def _command(what: str, positional: Sequence[str], options: Mapping[str, Any]) -> str:
+    """The command line that repeats this run (every option spelt out)."""
+    parts = ["dnax", "bench", what, *positional]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def _ratio(figures: Mapping[str, float], a: str, b: str, goal: str | None,
+           met: Callable[[float], bool] | None) -> dict[str, Any]:
+    value = figures[a] / figures[b]
+    return {"value": value, "of": [a, b], "goal": goal,
+            "met": None if met is None else bool(met(value))}
+
+
+def _report(what: str, command: str, arguments: Mapping[str, Any], figures: Mapping[str, float],
+            ratios: Mapping[str, Any], goals: Mapping[str, Any], details: Mapping[str, Any],
+            device: str) -> dict[str, Any]:
+    return {
+        "bench": what, "command": command, "arguments": dict(arguments),
+        "figures": dict(figures), "ratios": dict(ratios), "goals": dict(goals),
+        "details": dict(details), "machine": machine(device), "versions": versions(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _emit(report: dict[str, Any], table: Table, output: Path | None, as_json: bool) -> None:
+    text = json.dumps(report, indent=2, default=json_default) + "\n"
+    path = output or Path(f"bench-{report['bench']}.json")
+    try:
+        dnax.rundir.atomic_write_text(path, text)
+    except OSError as e:
+        raise dnax.ConfigError(f"--output: cannot write {path} ({e.strerror or e})") from None
+    if as_json:
+        sys.stdout.write(text)
+    else:
+        out.print(table)
+        out.print(f"written: {path}", markup=False, highlight=False)
+
+
+def fmt(v: float) -> str:
+    """A figure as the table prints it: 4 significant digits, thousands grouped."""
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
+def _goal_cell(goal: str | None, met: bool | None) -> str:
+    if goal is None:
+        return ""
+    return f"{goal} ({'met' if met else 'NOT met'})"
+
+
+def _table(title: str, caption: str, rows: Sequence[tuple[str, str, str]]) -> Table:
+    t = Table(title=title, caption=caption, caption_justify="left")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("goal")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def _host(report: Mapping[str, Any]) -> str:
+    m = report["machine"]
+    where = m["gpu"] or f"{m['cpu']}, {m['cpu_count']} cores"
+    return f"{where}, {m['torch_threads']} torch thread(s); {report['date'][:10]}"
+
+
+# --- dnax bench train ---------------------------------------------------------------------
+
+def _teacher_and_space(pipeline: Path | None, preset: str | None
+                       ) -> tuple[str, Any, Any, Any]:
+    """(label, teacher, space, pipeline config or None) from a TOML or a preset."""
+    registry = get_registry()
+    if pipeline is not None:
+        config = dnax.load_pipeline(pipeline, registry)
+        plugins = dnax.runner.instantiate(config, registry)
+        label = (f"{config.sections['teacher'].plugin} teacher "
+                 f"({getattr(plugins.teacher, 'name', '?')}), "
+                 f"{config.sections['space'].plugin} space of {pipeline.name}")
+        return label, plugins.teacher, plugins.space, config
+    assert preset is not None
+    model, space_preset = PRESETS[preset]
+    t_cls = registry.get("teacher", "efficientnet").cls
+    s_cls = registry.get("space", "mbconv").cls
+    teacher = registry.create_plugin("teacher", "efficientnet", t_cls.Config(model=model))
+    space = registry.create_plugin("space", "mbconv", s_cls.Config(preset=space_preset))
+    return f"{model} teacher, mbconv space preset '{space_preset}'", teacher, space, None
+
+
+@bench_app.command()
+@user_errors
+def train(
+    pipeline: Annotated[Path | None, typer.Argument(
+        help="Pipeline TOML: its teacher and space are timed (or give --preset).",
+        show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="'paper': EfficientNet-B0 teacher + the paper's space, instead of a TOML.",
+        show_default=False)] = None,
+    resolution: Annotated[int | None, typer.Option(
+        help="Input size in px [default: the pipeline's, 224 for a preset].",
+        show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    device: Annotated[str | None, typer.Option(
+        help="auto, cpu, cuda or cuda:N [default: the pipeline's, auto for a preset].",
+        show_default=False)] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps (the median is kept).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed steps before each measurement.")] = 3,
+    amp: Annotated[str, typer.Option(
+        help="Mixed precision on CUDA: none, bf16 or fp16 (CPU runs float32).")] = "bf16",
+    channels_last: Annotated[bool, typer.Option(
+        help="Channels-last memory on CUDA.")] = True,
+    sampling: Annotated[str, typer.Option(
+        help="Path sampling of the step: uniform or fair.")] = "uniform",
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time the supernet step beside its floor and the official block-after-block schedule."""
+    problems: list[str] = []
+    _need(problems, (pipeline is None) != (preset is None),
+          "PIPELINE or --preset: give exactly one of them")
+    if preset is not None:
+        _choice(problems, "--preset", preset, tuple(PRESETS))
+    _positive(problems, resolution=resolution, batch_size=batch_size, steps=steps,
+              threads=threads)
+    _need(problems, warmup >= 0, f"--warmup: must be >= 0, got {warmup}")
+    _choice(problems, "--amp", amp, ("none", "bf16", "fp16"))
+    _choice(problems, "--sampling", sampling, ("uniform", "fair"))
+    _check(problems)
+
+    label, teacher, space, config = _teacher_and_space(pipeline, preset)
+    res = resolution or (config.pipeline.resolution if config is not None else 224)
+    dev = _device(device or (config.pipeline.device if config is not None else "auto"))
+    blocks = teacher.blocks(res)
+    space.check_blocks(blocks)
+    build = getattr(teacher, "build_model", None)
+    if build is None:
+        raise dnax.ConfigError(f"$.teacher: plugin {type(teacher).__name__} has no "
+                               "build_model(num_classes); bench train needs it")
+    from dnax.plugins.trainers.bench import bench_train
+
+    with _threads(threads), err.status("timing the supernet step, its floor and the official "
+                                       "schedule"):
+        model = build(1000)  # untrained: the classifier is never run, weights do not matter
+        result = bench_train(teacher, model, space, blocks=blocks, resolution=res,
+                             batch_size=batch_size, device=dev, steps=steps, warmup=warmup,
+                             amp=amp, channels_last=channels_last, sampling=sampling, seed=seed)
+        options = {"preset": preset, "resolution": res, "batch_size": batch_size,
+                   "device": dev, "steps": steps, "warmup": warmup, "amp": amp,
+                   "channels_last": channels_last, "sampling": sampling, "threads": threads,
+                   "seed": seed}
+        names = ("step_ms", "teacher_ms", "student_ms", "floor_ms", "official_ms",
+                 "images_per_s")
+        figures = {k: result[k] for k in names}
+        ratios = {
+            "step_over_floor": _ratio(figures, "step_ms", "floor_ms", f"<= {GOAL_STEP}x",
+                                      lambda r: r <= GOAL_STEP),
+            "official_over_step": _ratio(figures, "official_ms", "step_ms", None, None),
+        }
+        details = {k: v for k, v in result.items()
+                   if k not in figures and k not in ratios}
+        details["teacher_weights"] = "untrained (timing only)"
+        report = _report("train", _command("train", [str(pipeline)] if pipeline else [],
+                                           options),
+                         {"pipeline": str(pipeline) if pipeline else None, **options},
+                         figures, ratios, {}, details, dev)
+
+    r = ratios
+    rows = [
+        ("step: all cells, one teacher forward", f"{fmt(figures['step_ms'])} ms", ""),
+        ("  floor: teacher forward", f"{fmt(figures['teacher_ms'])} ms", ""),
+        ("  floor: students fwd/bwd, fixed paths", f"{fmt(figures['student_ms'])} ms", ""),
+        ("  floor (sum)", f"{fmt(figures['floor_ms'])} ms", ""),
+        ("step / floor", f"{r['step_over_floor']['value']:.2f}x",
+         _goal_cell(r["step_over_floor"]["goal"], r["step_over_floor"]["met"])),
+        ("official: block after block", f"{fmt(figures['official_ms'])} ms", ""),
+        ("official / step", f"{r['official_over_step']['value']:.2f}x",
+         "> 1x: dnax faster"),
+        ("step throughput", f"{fmt(figures['images_per_s'])} img/s", ""),
+    ]
+    caption = (f"{label}; untrained teacher weights (timing only). {result['blocks']} blocks, "
+               f"{result['cells']} cells (the official schedule re-runs the teacher prefix for "
+               f"each cell); batch {batch_size} at {res} px on {dev}, "
+               f"amp {result['amp']}; medians of {steps} steps after {warmup} warm-up. "
+               f"{_host(report)}")
+    _emit(report, _table("dnax bench train", caption, rows), output, as_json)
+
+
+def _positive(problems: list[str], **values: int | None) -> None:
+    for name, v in values.items():
+        _need(problems, v is None or v > 0,
+              f"--{name.replace('_', '-')}: must be > 0, got {v}")
+
+
+# --- dnax bench rank ----------------------------------------------------------------------
+
+@bench_app.command()
+@user_errors
+def rank(
+    depth: Annotated[int, typer.Option(help="Layers of the benchmark cell.")] = 4,
+    ops: Annotated[int, typer.Option(help="Ops per layer (the paper's 6 first, up to 15).")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Images per scoring batch.")] = 8,
+    batches: Annotated[int, typer.Option(help="Scoring batches.")] = 1,
+    size: Annotated[int, typer.Option(help="Block input size in px (stride 2 inside).")] = 16,
+    recal: Annotated[str, typer.Option(
+        help="BatchNorm recalibration per candidate: same (the scoring batches), separate "
+             "(batches of their own) or off.")] = "same",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Mixed precision on CUDA.")] = False,
+    threads: ThreadsOpt = None,
+    seed: SeedOpt = 0,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time the prefix-shared tree walk against the plain per-candidate loop."""
+    from dnax.plugins.evaluators.bench import OPS, bench_rank
+
+    problems: list[str] = []
+    _positive(problems, depth=depth, batch_size=batch_size, batches=batches, size=size,
+              threads=threads)
+    _need(problems, 1 <= ops <= len(OPS), f"--ops: must be in 1..{len(OPS)}, got {ops}")
+    _choice(problems, "--recal", recal, ("same", "separate", "off"))
+    _check(problems)
+    dev = _device(device)
+
+    with err.status("timing the tree walk and the plain loop") as status:
+        result = bench_rank(depth, ops, batch_size=batch_size, batches=batches, size=size,
+                            recal=cast(Literal["same", "separate", "off"], recal), device=dev,
+                            amp=amp, seed=seed, threads=threads,
+                            progress=lambda s: status.update(f"timing the {s}"))
+    options = {"depth": depth, "ops": ops, "batch_size": batch_size, "batches": batches,
+               "size": size, "recal": recal, "device": dev, "amp": amp, "threads": threads,
+               "seed": seed}
+    figures = {"tree_s": result["tree_s"], "plain_s": result["plain_s"]}
+    ratios = {"speedup": _ratio(figures, "plain_s", "tree_s", f">= {GOAL_RANK:g}x",
+                                lambda r: r >= GOAL_RANK)}
+    details = {k: v for k, v in result.items() if k not in figures and k != "speedup"}
+    with _threads(threads):
+        report = _report("rank", _command("rank", [], options), options, figures, ratios, {},
+                         details, dev)
+    sp = ratios["speedup"]
+    rows = [
+        ("tree walk (shared prefixes)", f"{fmt(figures['tree_s'])} s", ""),
+        ("plain loop (one by one)", f"{fmt(figures['plain_s'])} s", ""),
+        ("plain / tree", f"{sp['value']:.2f}x", _goal_cell(sp["goal"], sp["met"])),
+        ("largest relative score difference", f"{result['max_rel_diff']:.2g}", ""),
+    ]
+    caption = (f"one cell of {depth} layers x {ops} ops = {result['candidates']} candidates; "
+               f"{batches} batch(es) of {batch_size} at {size} px; BN recalibration {recal}; "
+               f"{dev}. {_host(report)}")
+    _emit(report, _table("dnax bench rank", caption, rows), output, as_json)
+
+
+# --- dnax bench select --------------------------------------------------------------------
+
+@bench_app.command()
+@user_errors
+def select(
+    metrics: Annotated[str, typer.Option(
+        help="Budgeted costs, comma-separated: params, flops or params,flops.")] = "params",
+    top_k: Annotated[int, typer.Option(help="Best networks returned.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Solves timed (the median is kept).")] = 5,
+    tightness: Annotated[float, typer.Option(
+        help="Budget between the cheapest (0) and the dearest (1) network.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic scores.")] = 0,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time the exact selector on the paper-sized space (288 .. 16848 candidates per block)."""
+    from dnax.plugins.selectors.bench import PAPER_FIXED, bench_select
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    problems: list[str] = []
+    _need(problems, bool(names), "--metrics: give at least one of params, flops")
+    for m in names:
+        _choice(problems, "--metrics", m, tuple(PAPER_FIXED))
+    _need(problems, len(set(names)) == len(names), f"--metrics: {metrics!r} repeats a metric")
+    _positive(problems, top_k=top_k, repeats=repeats)
+    _need(problems, 0.0 <= tightness <= 1.0, f"--tightness: must be in 0..1, got {tightness}")
+    _check(problems)
+
+    with err.status("solving the paper-sized instance"):
+        result = bench_select(names, seed=seed, repeats=repeats, top_k=top_k,
+                              tightness=tightness)
+    options = {"metrics": ",".join(names), "top_k": top_k, "repeats": repeats,
+               "tightness": tightness, "seed": seed}
+    figures = {"seconds": result["seconds"]}
+    goals = {"seconds": {"value": result["seconds"], "goal": f"< {GOAL_SELECT_S * 1e3:g} ms",
+                         "met": result["seconds"] < GOAL_SELECT_S}}
+    details = {k: v for k, v in result.items() if k != "seconds"}
+    report = _report("select", _command("select", [], options), options, figures, {}, goals,
+                     details, "cpu")
+    g = goals["seconds"]
+    rows = [
+        (f"exact solve, median of {repeats}", f"{fmt(result['seconds'] * 1e3)} ms",
+         _goal_cell(g["goal"], g["met"])),
+        ("networks in the space", f"{result['networks']:.3g}", ""),
+        ("candidates per block", " / ".join(str(n) for n in result["candidates"]), ""),
+        *((f"budget: {m}", fmt(b), "") for m, b in result["budgets"].items()),
+        *((f"best network: {m}", fmt(float(c)), "") for m, c in result["costs"].items()),
+        ("best network: summed score", f"{float(result['score']):.4g}", ""),
+        ("Pareto front (networks)", str(result["front"]), ""),
+    ]
+    caption = (f"synthetic paper-sized instance (seed {seed}): B0-width costs at 224 px, scores "
+               f"falling with size; top-{top_k}, budget at {tightness:g} of the cost range. "
+               f"{_host(report)}")
+    _emit(report, _table("dnax bench select", caption, rows), output, as_json)
+
