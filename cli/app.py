@@ -124,6 +124,8 @@ def inspect(
     run_ = dnax.load_run(run_dir)
     rankings = [run_.ranking(block)] if block is not None else run_.rankings()
     key = run_.results["rank"].key if "rank" in run_.results else "nmae"
+    best = (run_.run_dir.read_json("selection/top.json", kind="top-k")
+           if run_.selection is not None and run_.run_dir.exists("selection/top.json") else None)
     picture = None
     if not no_png and run_.selection is not None:
         from dnax.cli.plot import pareto_png
@@ -136,6 +138,7 @@ def inspect(
             "rankings": [_ranking_json(r, key, top) for r in rankings],
             "fixed_costs": run_.fixed_costs,
             "selection": run_.selection,
+            "best_networks": best,
             "pareto_png": picture,
             "report": run_.report,
         })
@@ -145,6 +148,8 @@ def inspect(
         out.print(render.ranking_table(r, key, top))
     if run_.selection is not None:
         out.print(render.selection_table(run_.selection))
+    if best is not None and block is None:
+        out.print(render.top_table(best, rankings))
     if picture is not None:
         out.print(f"Pareto front: {picture}", markup=False)
     if run_.report:

@@ -83,6 +83,25 @@ def selection_table(sel: dnax.Selection) -> Table:
     return t
 
 
+def top_table(top: Mapping[str, Any], rankings: Sequence[dnax.BlockRanking]) -> Table:
+    """The selector's best networks (``selection/top.json``): each block's candidate as ops."""
+    limits = ", ".join(f"{m} ≤ {_num(b)}" for m, b in top.get("budgets", {}).items())
+    t = Table(title=f"best {len(top['networks'])} networks by {top['key']}"
+                    + (f" under {limits}" if limits else ""))
+    t.add_column("rank", justify="right")
+    for r in rankings:
+        t.add_column(f"block {r.block}")
+    t.add_column(top["key"], justify="right")
+    metrics = list(top["networks"][0]["costs"]) if top["networks"] else []
+    for m in metrics:
+        t.add_column(m, justify="right")
+    for k, net in enumerate(top["networks"], 1):
+        blocks = [" ".join(_short(a) for a in r.candidates[i].arch)
+                  for r, i in zip(rankings, net["candidates"], strict=True)]
+        t.add_row(str(k), *blocks, f"{net['score']:.4f}", *(_num(net["costs"][m]) for m in metrics))
+    return t
+
+
 def report_table(report: Mapping[str, Any]) -> Table:
     t = Table(title=f"dnax report: {report.get('pipeline', '')}")
     t.add_column("")

@@ -112,6 +112,11 @@ def test_inspect_draws_the_pareto_front_of_the_exact_selector(use_registry, pipe
     assert all("params" in t["costs"] for r in data["rankings"] for t in r["top"])
     front = json.loads((run_dir / "selection" / "front.json").read_text())
     assert data["selection"]["candidates"] in front["candidates"]
+    best = data["best_networks"]["networks"]
+    assert len(best) == 3 and best[0]["candidates"] == data["selection"]["candidates"]
+    assert [n["score"] for n in best] == sorted(n["score"] for n in best)
+    res = cli.invoke(app, ["inspect", str(run_dir), "--no-png"])
+    assert "best 3 networks by nmae under params ≤ 116" in res.stdout
 
     other = tmp_path / "elsewhere.png"
     res = cli.invoke(app, ["inspect", str(run_dir), "--png", str(other)])
