@@ -194,3 +194,19 @@ def config_reference_cmd(
         sys.stdout.write(text)
     else:
         atomic_write_text(output, text)
+
+
+@app.command("hooks-reference", hidden=True)
+def hooks_reference_cmd(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")
+                      ] = None,
+) -> None:
+    """Print the hook reference (docs/hooks.md) from dnax's hookspecs."""
+    from dnax.cli.reference import hooks_reference
+    from dnax.rundir import atomic_write_text
+
+    text = hooks_reference()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output, text)

@@ -98,3 +98,52 @@ def config_reference(registry: Any) -> str:
             out += [f"### `plugin = \"{e.name}\"`", "", e.doc, "", *config_table(e.config_cls),
                     ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+HOOKS_HEADER = """# Hook reference
+
+Generated from `core/hookspecs.py` by `dnax hooks-reference`; do not edit by hand (a test fails
+when this file is stale, and another when a hook is never called). Implement any of these with
+`@dnax.hookimpl` in a module named by your package's `dnax` entry point (see plugins.md).
+"""
+
+_HOOK_GROUPS = (
+    ("Registration", "dnax_register_", "Each is called once when the registry is built; call "
+     "`register(name, cls, config_cls=None)` once per component."),
+    ("Lifecycle", "", "Called on rank 0 while a pipeline runs; return values are ignored."),
+    ("Services", "dnax_load_model", "`firstresult`: the first plugin that returns something "
+     "other than None answers."),
+)
+
+
+def hook_names() -> list[str]:
+    """Every hook in dnax's hookspec module, in the order it declares them."""
+    from dnax import hookspecs
+
+    return [n for n in vars(hookspecs) if n.startswith("dnax_")
+            and hasattr(getattr(hookspecs, n), "dnax_spec")]
+
+
+def hooks_reference() -> str:
+    """docs/hooks.md: each hook's signature and docstring, grouped by family."""
+    import inspect
+
+    from dnax import hookspecs
+
+    names = hook_names()
+    groups: dict[str, list[str]] = {title: [] for title, _, _ in _HOOK_GROUPS}
+    for name in names:
+        if name.startswith("dnax_register_"):
+            groups["Registration"].append(name)
+        elif getattr(hookspecs, name).dnax_spec.get("firstresult"):
+            groups["Services"].append(name)
+        else:
+            groups["Lifecycle"].append(name)
+    lines = [HOOKS_HEADER]
+    for title, _, intro in _HOOK_GROUPS:
+        lines += [f"## {title}", "", intro, ""]
+        for name in groups[title]:
+            fn = getattr(hookspecs, name)
+            sig = str(inspect.signature(fn)).replace("'", "")
+            lines += [f"### `{name}{sig}`", "", inspect.cleandoc(fn.__doc__ or ""), ""]
+    return "\n".join(lines).rstrip() + "\n"

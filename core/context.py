@@ -24,6 +24,18 @@ if TYPE_CHECKING:
     )
 
 
+class QuietHooks:
+    """The hook relay of ranks other than 0 under torchrun: lifecycle hooks are called once, on
+    rank 0, so observers (progress bars, loggers, trackers) never see duplicates."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _ignore
+
+
+def _ignore(**_kwargs: Any) -> None:
+    return None
+
+
 @frozen
 class DistInfo:
     """Where this process stands under torchrun (rank 0 of 1 without it)."""

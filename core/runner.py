@@ -23,7 +23,7 @@ import numpy as np
 from attrs import frozen
 
 from .config import PipelineConfig
-from .context import DistInfo, Plugins, StageContext
+from .context import DistInfo, Plugins, QuietHooks, StageContext
 from .errors import ArtifactError, ConfigError
 from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
 from .types import (
@@ -230,7 +230,7 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
     dist = DistInfo.from_env()
     device = _setup(config, dist)
     plugins = instantiate(config, registry)
-    hook = registry.hook
+    hook = registry.hook if dist.is_main else QuietHooks()
     if dist.is_main:
         rd.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rd.path("config.toml"), config.to_toml())

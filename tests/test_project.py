@@ -61,3 +61,15 @@ def test_kernel_has_no_model_code_and_names_no_plugin():
         text = path.read_text()
         assert "torch.nn" not in text.replace("torch.nn.Module", ""), path
         assert "dnax.plugins." not in text, path
+
+
+def test_hook_reference_is_up_to_date_and_every_hook_is_called():
+    """docs/hooks.md documents every hook, and dnax calls every hook it declares."""
+    from dnax.cli.reference import hook_names, hooks_reference
+
+    assert (ROOT / "docs" / "hooks.md").read_text() == hooks_reference(), \
+        "docs/hooks.md is stale: run `dnax hooks-reference -o docs/hooks.md`"
+    code = "\n".join(p.read_text() for folder in ("core", "registry", "plugins", "cli")
+                     for p in (ROOT / folder).rglob("*.py") if p.name != "hookspecs.py")
+    uncalled = [n for n in hook_names() if f".{n}(" not in code and f'"{n}"' not in code]
+    assert not uncalled, f"hooks declared but never called: {uncalled}"

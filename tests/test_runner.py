@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
 import dnax
+from dnax.registry import Registry
 from dnax.rundir import RunDir, atomic_write
-from standins import CALLS
+from standins import CALLS, PIPELINE, StandinPlugin
 
 
 class Recorder:
@@ -182,8 +184,6 @@ def test_plan_counts_candidates(registry, pipeline):
 
 
 def test_a_changed_file_changes_the_digest_that_stage_hashes_fold_in(tmp_path):
-    from pathlib import Path
-
     from attrs import frozen
 
     from dnax.runner import file_digests
@@ -200,3 +200,36 @@ def test_a_changed_file_changes_the_digest_that_stage_hashes_fold_in(tmp_path):
     f.write_text("2")
     after = file_digests(Config(f, tmp_path))
     assert set(before) == {"table"} and before != after  # folders and strings are not hashed
+
+
+def _dist_worker(rank, run_dir, port, out):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    registry = Registry.create(entry_points=False, plugins=[StandinPlugin()])
+    rec = Recorder()
+    registry.pm.register(rec)
+    pipeline = dict(PIPELINE, pipeline={**PIPELINE["pipeline"], "device": "cpu"})
+    dnax.runner.run(dnax.load_pipeline(pipeline, registry), registry, run_dir)
+    (Path(out) / f"events{rank}.json").write_text(json.dumps(rec.events))
+
+
+def test_two_processes_run_the_pipeline_hooks_on_rank_0_only(tmp_path):
+    """torchrun-style (gloo): both ranks run every stage; observers hear each event once."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dist_worker, args=(str(tmp_path / "run"), port, str(tmp_path)), nprocs=2)
+    events0 = json.loads((tmp_path / "events0.json").read_text())
+    assert events0[0] == "pipeline_start" and events0[-1] == "pipeline_end"
+    assert "selected" in events0
+    assert json.loads((tmp_path / "events1.json").read_text()) == []
+    single = dnax.run_pipeline(dict(PIPELINE), tmp_path / "single",
+                               registry=Registry.create(entry_points=False,
+                                                        plugins=[StandinPlugin()]))
+    assert dnax.load_run(tmp_path / "run").selection == single.selection
