@@ -7,7 +7,7 @@ pipeline runner, the run directory and the config loader. Plugins live in :mod:`
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .api import Run, load_model, load_pipeline, load_run, plan, run_pipeline
+from .api import Run, load_model, load_pipeline, load_run, plan, run_pipeline, stage_context
 from .config import PipelineConfig, PipelineSettings, existing_path, non_negative, positive
 from .context import DistInfo, Plugins, StageContext
 from .errors import (
@@ -109,4 +109,5 @@ __all__ = [
     "plan",
     "positive",
     "run_pipeline",
+    "stage_context",
 ]

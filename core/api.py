@@ -12,9 +12,10 @@ from typing import Any
 from attrs import define, field
 
 from .config import PipelineConfig, load_config
+from .context import DistInfo, QuietHooks, StageContext
 from .errors import ArtifactError
 from .rundir import RunDir
-from .runner import COSTS, STAGE_NAMES, build_plan, instantiate, load_result
+from .runner import COSTS, STAGE_NAMES, build_plan, instantiate, load_result, resolve_device
 from .runner import run as _run
 from .types import BlockRanking, Plan, Selection
 
@@ -40,6 +41,26 @@ def plan(source: Any, registry: Any = None) -> Plan:
     """The search plan of a pipeline: per block the teacher's spec and its candidate count."""
     config = load_pipeline(source, registry)
     return build_plan(config, instantiate(config, _registry(registry)))
+
+
+def stage_context(source: Any, run_dir: str | os.PathLike, stage: str = "retrain", *,
+                  registry: Any = None, hook: Any = None) -> StageContext:
+    """A stage's context outside the runner, to call one plugin from research code.
+
+    The pipeline's plugins are built from ``source``; the results of stages already finished in
+    ``run_dir`` are loaded (a teacher's weights, rankings, ...); the device is resolved as
+    ``dnax run`` would. Hooks are silent unless ``hook`` (e.g. ``registry.hook``) is given::
+
+        ctx = dnax.stage_context("p.toml", "runs/p", "retrain")
+        result = ctx.plugins.retrainer.retrain(ctx, my_selection)
+    """
+    reg = _registry(registry)
+    config = load_pipeline(source, reg)
+    rd = RunDir(run_dir)
+    results = load_run(rd.root).results if rd.exists("config.toml") else {}
+    device = resolve_device(config.pipeline.device, DistInfo())
+    return StageContext(stage, config, instantiate(config, reg), rd,
+                        QuietHooks() if hook is None else hook, device, DistInfo(), results)
 
 
 def default_run_dir(config: PipelineConfig) -> Path:

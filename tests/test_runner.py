@@ -233,3 +233,14 @@ def test_two_processes_run_the_pipeline_hooks_on_rank_0_only(tmp_path):
                                registry=Registry.create(entry_points=False,
                                                         plugins=[StandinPlugin()]))
     assert dnax.load_run(tmp_path / "run").selection == single.selection
+
+
+def test_stage_context_calls_one_plugin_outside_the_runner(registry, pipeline, tmp_path):
+    run = dnax.run_pipeline(pipeline, tmp_path / "r", registry=registry)
+    ctx = dnax.stage_context(pipeline, tmp_path / "r", "retrain", registry=registry)
+    assert set(ctx.results) == set(run.results) and ctx.device == "cpu"
+    ctx.log("quiet: no observer is called")
+    result = ctx.plugins.retrainer.retrain(ctx, run.selection)
+    assert result == run.results["retrain"]
+    fresh = dnax.stage_context(pipeline, tmp_path / "empty", "teacher", registry=registry)
+    assert fresh.results == {}
