@@ -3,10 +3,12 @@ computation (and BatchNorm recalibration) of shared op prefixes done once."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Literal
 
+import attrs
 import numpy as np
 import torch
 from attrs import field, frozen
@@ -143,8 +145,13 @@ class PrefixEvaluator(dnax.Evaluator):
     def _supernet(self, ctx: dnax.StageContext, spec: dnax.BlockSpec, path: str,
                   space_hash: str) -> torch.nn.Module:
         supernet = ctx.plugins.space.build_supernet(spec)
-        tensors, _ = ctx.run_dir.load_tensors(path, kind="supernet",
-                                              expect={"space_hash": space_hash})
+        tensors, meta = ctx.run_dir.load_tensors(path, kind="supernet",
+                                                 expect={"space_hash": space_hash})
+        block = json.dumps(attrs.asdict(spec))
+        if "block" in meta and meta["block"] != block:  # the same shapes, another block
+            raise dnax.ArtifactError(f"{ctx.run_dir.path(path)}: was trained for another block "
+                                     f"({meta['block']}), not block {spec.index} ({block}); "
+                                     "re-run with --force train")
         try:
             supernet.load_state_dict(tensors, strict=True)
         except RuntimeError as e:

@@ -234,6 +234,13 @@ def rng_state() -> dict[str, Any]:
     return out
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global torch, numpy and Python RNGs (data augmentation draws from them)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuples(state["python"]))
@@ -299,6 +306,7 @@ class Distill(dnax.BlockTrainer):
         blocks_json = json.dumps([attrs.asdict(b) for b in blocks])
 
         epoch, start, gstep, rows, last = 0, 0, 0, [], [float("nan")] * len(columns)
+        seed_everything(mix_seed(ctx.seed, "train"))  # augmentation: not what ran before
         state = ctx.run_dir.load_state(RESUME)
         if state is not None:
             if state.get("space_hash") != space_hash or state.get("blocks") != blocks_json:
@@ -368,6 +376,8 @@ class Distill(dnax.BlockTrainer):
                 ctx.progress(f"epoch {epoch + (0 if at_end else 1)}/{cfg.epochs}", done,
                              len(batches), **_block_losses(blocks, step.cells, mean))
         if not wrote:  # resumed after the last epoch's checkpoint
+            if ctx.dist.is_main:  # a kill may have come between resume.pt and losses.csv
+                _write_csv(ctx.run_dir, ["epoch", "step", *columns], rows)
             self._write_blocks(ctx, step, blocks, space_hash, epoch, gstep)
         per_block = _block_losses(blocks, step.cells, last)
         return dnax.TrainResult(tuple(
