@@ -19,8 +19,9 @@ from rich.console import Console
 
 import dnax
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+# emoji off: a user's key such as ':cat:' is printed as written
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

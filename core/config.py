@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import tomllib
+import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,7 +48,7 @@ def positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 def non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     """attrs validator: a number (or every number of a sequence) must be >= 0."""
     for v in value if isinstance(value, (tuple, list)) else (value,):
-        if v is not None and v < 0:
+        if v is not None and not v >= 0:  # NaN fails too
             raise ValueError(f"must be >= 0, got {_show(v)}")
 
 
@@ -145,7 +147,7 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
 
     for key in raw:
         if key not in (*TABLES, "pipeline"):
-            problems.append(f"$.{key}: unknown table{_suggest(key, (*TABLES, 'pipeline'))}")
+            problems.append(f"$.{_key(key)}: unknown table{_suggest(key, (*TABLES, 'pipeline'))}")
     for key in REQUIRED:
         if key not in raw:
             problems.append(f"$.{key}: required table missing")
@@ -219,20 +221,51 @@ def _structure(conv: cattrs.Converter, data: Any, cls: type, path: str,
             inst = conv.structure(dict(data), cls)
     except Exception as e:  # cattrs raises exception groups; each leaf is one problem
         problems.extend(_problems(e, path))
-        # the keys that did convert are still checked, so that every mistake shows at once
-        failed = _failed_keys(e)
-        try:
-            with attrs.validators.disabled():
-                rest = conv.structure({k: v for k, v in data.items() if k not in failed}, cls)
-        except Exception:
-            return None
-        problems.extend(p for p in _validate(rest, path)
-                        if p[len(path) + 1:].split(":")[0].split(".")[0].split("[")[0]
-                        not in failed)
+        # the parts that did convert are still checked, so that every mistake shows at once
+        problems.extend(_checks_beside(conv, data, cls, path, _failed_keys(e)))
         return None
     found = list(_validate(inst, path))
     problems.extend(found)
     return None if found else inst
+
+
+def _checks_beside(conv: cattrs.Converter, data: Mapping[str, Any], cls: type, path: str,
+                   failed: set[str]) -> Iterator[str]:
+    """The checks (attrs validators) of a table whose ``failed`` keys did not convert: every
+    other key, and the elements of failed lists and tables of config classes that did."""
+    try:
+        with attrs.validators.disabled():
+            rest = conv.structure({k: v for k, v in data.items() if k not in failed}, cls)
+    except Exception:
+        rest = None
+    if rest is not None:
+        yield from (p for p in _validate(rest, path)
+                    if p[len(path) + 1:].split(":")[0].split(".")[0].split("[")[0] not in failed)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        return
+    for key in sorted(failed):
+        if key in data and key in hints:
+            yield from _nested_checks(conv, data[key], hints[key], f"{path}.{key}")
+
+
+def _nested_checks(conv: cattrs.Converter, value: Any, tp: Any, path: str) -> Iterator[str]:
+    """Checks inside a value of type ``tp`` that failed to convert as a whole."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        tp, args = args[0], list(typing.get_args(args[0]))
+    if attrs.has(tp) and isinstance(value, Mapping):
+        try:
+            with attrs.validators.disabled():
+                inst = conv.structure(dict(value), tp)
+        except Exception as e:
+            yield from _checks_beside(conv, value, tp, path, _failed_keys(e))
+        else:
+            yield from _validate(inst, path)
+    elif typing.get_origin(tp) in (list, tuple) and args and isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _nested_checks(conv, v, args[0], f"{path}[{i}]")
 
 
 def _failed_keys(exc: BaseException) -> set[str]:
@@ -281,7 +314,7 @@ def _problems(exc: BaseException, path: str) -> Iterator[str]:
     elif isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
-            yield f"{path}.{key}: unknown key{_suggest(key, known)}"
+            yield f"{path}.{_key(key)}: unknown key{_suggest(key, known)}"
     elif isinstance(exc, KeyError):
         yield f"{path}: required key missing"
     else:
@@ -307,6 +340,11 @@ def _show(v: Any) -> str:
         return json.dumps(v)
     except TypeError:
         return repr(v)
+
+
+def _key(key: str) -> str:
+    """A TOML key as it can be printed on one line: quoted when it is not a bare key."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _suggest(name: str, known: typing.Iterable[str]) -> str:

@@ -172,12 +172,16 @@ def file_digests(config: Any) -> dict[str, str]:
     for a in attrs.fields(type(config)) if attrs.has(type(config)) else ():
         value = getattr(config, a.name)
         if isinstance(value, os.PathLike) and os.path.isfile(value):
-            digest = hashlib.sha256()
-            with open(value, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
-            out[a.name] = digest.hexdigest()
+            out[a.name] = sha256(value)
     return out
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def resolve_device(name: str, dist: DistInfo) -> str:
@@ -260,6 +264,7 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
                     "hash": hashes[stage.name],
                     "seconds": time.perf_counter() - t0,
                     "result": _conv.unstructure(results[stage.name]),
+                    "files": stage_files(rd, stage),
                 }, kind="stage")
             dist.barrier()
         seconds = time.perf_counter() - t0
@@ -282,12 +287,30 @@ def _finished(rd: RunDir, stage: Stage, digest: str) -> Any:
     record = rd.read_json(rel, kind="stage")
     if record.get("hash") != digest:
         return None
+    files = record.get("files", {})
+    now = stage_files(rd, stage, only=files)
+    for f, d in files.items():
+        if now.get(f) != d:
+            what = "is missing" if f not in now else "changed"
+            raise ArtifactError(f"{rd.path(f)}: {what} since the {stage.name} stage finished; "
+                                f"restore it, or re-run with --force {stage.name}")
     try:
         return _conv.structure(record["result"], stage.result_type)
     except Exception as e:
         raise ArtifactError(f"{rd.path(rel)}: stored result does not fit "
                             f"{stage.result_type.__name__} ({e}); re-run with --force "
                             f"{stage.name}") from None
+
+
+def stage_files(rd: RunDir, stage: Stage, only: Mapping[str, Any] | None = None
+                ) -> dict[str, str]:
+    """Size and sha256 of the files in ``stage``'s folders (or of those named in ``only``)."""
+    if only is not None:
+        paths = [rd.path(f) for f in only if rd.path(f).is_file()]
+    else:
+        paths = sorted(p for folder in stage.folders for p in rd.path(folder).rglob("*")
+                       if p.is_file() and not p.name.endswith(".tmp"))
+    return {rd.rel(p): f"{p.stat().st_size}:{sha256(p)}" for p in paths}
 
 
 def _begin(rd: RunDir, stage: Stage, digest: str) -> None:
@@ -299,6 +322,9 @@ def _begin(rd: RunDir, stage: Stage, digest: str) -> None:
     if started is None or started.get("hash") != digest or done.exists():
         for folder in stage.folders:
             shutil.rmtree(rd.path(folder), ignore_errors=True)
+    for folder in stage.folders:  # what a killed write left behind
+        for tmp in rd.path(folder).rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
     done.unlink(missing_ok=True)
     rd.write_json(marker, {"hash": digest}, kind="stage-start")
 

@@ -201,7 +201,7 @@ class Registry:
         hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
                 else f"known: {', '.join(known) or 'none'}")
         broken = "".join(f"; {f}" for f in self.failures)
-        raise PluginError(f"unknown {kind} '{name}' ({hint}){broken}")
+        raise PluginError(f"unknown {kind} {name!r} ({hint}){broken}")
 
     def create_plugin(self, kind: str, name: str, config: Any) -> Any:
         return self.get(kind, name).cls(config)

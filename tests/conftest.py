@@ -3,6 +3,9 @@ import os
 
 import pytest
 
+#: the fault recorder behind docs/reliability.md (`--reliability-md PATH`)
+pytest_plugins = ["reliability"]
+
 os.environ.setdefault("NO_COLOR", "1")
 os.environ.setdefault("COLUMNS", "120")
 

@@ -60,6 +60,106 @@ def test_exact_against_brute_force(inst):
     assert got == _front(np.column_stack([sc, co]))
 
 
+@st.composite
+def wide_instances(draw):
+    """Up to 4 blocks of up to 7 candidates, 1 to 3 budgets, costs on different scales and
+    ``k`` up to 12 (often more than the feasible networks): the Lagrangian top-k path."""
+    m = draw(st.integers(1, 3))
+    blocks = draw(st.integers(2, 4))
+    unit = np.array(draw(st.lists(st.sampled_from([1.0, 1e3, 1e6]), min_size=m, max_size=m)))
+    fine = draw(st.booleans())  # fractional scores (rounding) or small integers (ties)
+    scores, costs = [], []
+    for _ in range(blocks):
+        n = draw(st.integers(1, 7))
+        s = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)), dtype=float)
+        scores.append(s / 7 if fine else s)
+        flat = draw(st.lists(st.integers(0, 6), min_size=n * m, max_size=n * m))
+        costs.append(np.array(flat, dtype=float).reshape(n, m) * unit)
+    budgets = np.array(draw(st.lists(st.integers(0, 6 * blocks), min_size=m, max_size=m)),
+                       dtype=float) * unit
+    return scores, costs, budgets, draw(st.integers(1, 12))
+
+
+def _check(scores, costs, budgets, k):
+    """``solve`` equals brute force: the k best scores (ties included) and the whole front."""
+    _, sc, co = pareto.brute_force(scores, costs, budgets)
+    if len(sc) == 0:
+        with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
+            pareto.solve(scores, costs, budgets, top_k=k)
+        return
+    sol = pareto.solve(scores, costs, budgets, top_k=k)
+    want = np.sort(sc)[:k]
+    assert len(sol.top) == len(want)
+    assert np.allclose([n.score for n in sol.top], want, rtol=0, atol=1e-12)
+    assert len({n.choice for n in sol.top}) == len(sol.top)
+    for net in sol.top:
+        assert net.score == pytest.approx(sum(s[i] for s, i in zip(scores, net.choice,
+                                                                   strict=True)), abs=1e-12)
+        total = sum(c[i] for c, i in zip(costs, net.choice, strict=True))
+        assert np.array_equal(total, net.costs) and (total <= budgets).all()
+    got = np.array(sorted((n.score, *n.costs) for n in sol.front))
+    assert np.allclose(got, _front(np.column_stack([sc, co])), rtol=0, atol=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(wide_instances())
+def test_top_k_against_brute_force(inst):
+    _check(*inst)
+
+
+@pytest.mark.parametrize("metrics", [("params",), ("flops",), ("params", "flops")])
+@pytest.mark.parametrize("tightness", [0.05, 0.3, 0.6, 0.95])
+def test_realistic_tables_against_brute_force(metrics, tightness):
+    """MBConv-like tables (scores falling with size plus noise), 9,072 networks: top-k for
+    several k and the front equal brute force."""
+    shapes = ((16, 24, 2, 112), (24, 40, 2, 56), (40, 80, 2, 28), (80, 112, 1, 14))
+    scores, raw = synthetic_problem(1, depths=((1,), (1, 2), (1,), (1,)), shapes=shapes)
+    costs = [np.stack([c[m] for m in metrics], axis=1) for c in raw]
+    lo, hi = sum(c.min(axis=0) for c in costs), sum(c.max(axis=0) for c in costs)
+    for k in (1, 2, 5, 17):
+        _check(scores, costs, lo + tightness * (hi - lo), k)
+
+
+def _layer_numbers(S, C):
+    """Brute force: a point's layer is 1 + the longest chain of points dominating it."""
+    pts = np.column_stack([C, S])
+    order = np.lexsort(pts.T[::-1])
+    layer = np.zeros(len(S), dtype=int)
+    for a, i in enumerate(order):
+        below = [layer[j] for j in order[:a] if (pts[j] <= pts[i]).all()]
+        layer[i] = 1 + max(below, default=0)
+    return layer
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3), st.integers(1, 4), st.integers(0, 400), st.integers(1, 9),
+       st.integers(0, 2 ** 32 - 1))
+def test_layers_against_brute_force(m, k, n, top, seed):
+    """Enough points for the staircase sweep (and its fallback when most are undominated)."""
+    rng = np.random.default_rng(seed)
+    C = rng.integers(0, top, (n, m)).astype(float)
+    S = rng.integers(0, top, n).astype(float)
+    if m and seed % 3 == 0:  # anti-correlated: most points undominated
+        S = -C.sum(axis=1) + rng.integers(0, 2, n)
+    keep = pareto._layers(S, C, k)
+    want = _layer_numbers(S, C) <= k
+    pts = np.column_stack([C, S])
+    assert sorted(map(tuple, pts[keep])) == sorted(map(tuple, pts[want]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 3000), st.integers(1, 50), st.booleans(), st.integers(0, 2 ** 32 - 1))
+def test_undominated_2_against_dominated_2(n, top, anti, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, top, n).astype(float)
+    s = -y + rng.integers(0, 2, n) if anti else rng.integers(0, top, n).astype(float)
+    got = pareto._undominated_2(y, s)
+    assert np.array_equal(got, ~pareto._dominated_2(y, s))
+    if n <= 300:
+        le = (y[None, :] <= y[:, None]) & (s[None, :] <= s[:, None]) & np.tri(n, k=-1, dtype=bool)
+        assert np.array_equal(got, ~le.any(axis=1))
+
+
 def test_infeasible_budget_names_the_cheapest():
     scores = [np.array([1.0, 2.0]), np.array([0.5, 0.1])]
     costs = [np.array([[3.0], [5.0]]), np.array([[2.0], [4.0]])]
@@ -203,6 +303,8 @@ def test_paper_sized_problem():
     assert one["score"] == out["score"]
     two = bench_select(("params", "flops"), repeats=1, top_k=1)
     assert all(two["costs"][m] <= two["budgets"][m] for m in ("params", "flops"))
+    five = bench_select(("params", "flops"), repeats=1, top_k=5)
+    assert five["score"] == two["score"] and five["front"] == two["front"]
 
 
 def test_synthetic_problem_is_seeded():
