@@ -33,9 +33,13 @@ def instances(draw):
 
 
 def _front(points: np.ndarray) -> list[tuple[float, ...]]:
-    uniq = np.unique(points, axis=0)
-    return sorted(tuple(p) for p in uniq
-                  if not any((q <= p).all() and (q < p).any() for q in uniq))
+    """The distinct points no other point beats (sorted): in lexicographic order a point's
+    dominators all come before it, so one pass against the front so far finds them."""
+    front = np.empty((0, points.shape[1]))
+    for p in np.unique(points, axis=0):
+        if not (front <= p).all(axis=1).any():
+            front = np.vstack([front, p])
+    return sorted(map(tuple, front))
 
 
 @settings(max_examples=200, deadline=None)
@@ -62,49 +66,58 @@ def test_exact_against_brute_force(inst):
 
 @st.composite
 def wide_instances(draw):
-    """Up to 4 blocks of up to 7 candidates, 1 to 3 budgets, costs on different scales and
-    ``k`` up to 12 (often more than the feasible networks): the Lagrangian top-k path."""
+    """Up to 4 blocks of up to 7 candidates, 1 to 3 budgets on different scales, scores that
+    fall as costs rise (so the budgets bind and the multipliers are not 0) and ``k`` up to 12,
+    often more than the feasible networks: the Lagrangian top-k path."""
     m = draw(st.integers(1, 3))
     blocks = draw(st.integers(2, 4))
     unit = np.array(draw(st.lists(st.sampled_from([1.0, 1e3, 1e6]), min_size=m, max_size=m)))
-    fine = draw(st.booleans())  # fractional scores (rounding) or small integers (ties)
+    fine = draw(st.booleans())  # sevenths (rounding: fronts not compared) or integers (ties)
     scores, costs = [], []
     for _ in range(blocks):
         n = draw(st.integers(1, 7))
-        s = np.array(draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)), dtype=float)
+        c = np.array(draw(st.lists(st.integers(0, 6), min_size=n * m, max_size=n * m)),
+                     dtype=float).reshape(n, m)
+        noise = np.array(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)), dtype=float)
+        s = 6 * m - c.sum(axis=1) + noise
         scores.append(s / 7 if fine else s)
-        flat = draw(st.lists(st.integers(0, 6), min_size=n * m, max_size=n * m))
-        costs.append(np.array(flat, dtype=float).reshape(n, m) * unit)
-    budgets = np.array(draw(st.lists(st.integers(0, 6 * blocks), min_size=m, max_size=m)),
-                       dtype=float) * unit
-    return scores, costs, budgets, draw(st.integers(1, 12))
+        costs.append(c * unit)
+    lo, hi = sum(c.min(axis=0) for c in costs), sum(c.max(axis=0) for c in costs)
+    where = np.array(draw(st.lists(st.integers(0, 10), min_size=m, max_size=m))) / 10
+    return scores, costs, np.round(lo + where * (hi - lo)), draw(st.integers(1, 12)), fine
 
 
-def _check(scores, costs, budgets, k):
-    """``solve`` equals brute force: the k best scores (ties included) and the whole front."""
+def _check(scores, costs, budgets, ks, front=True):
+    """``solve`` equals brute force for each k: the k best scores (ties included), and the
+    whole front (unless rounding makes sums in another order differ)."""
     _, sc, co = pareto.brute_force(scores, costs, budgets)
     if len(sc) == 0:
-        with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
-            pareto.solve(scores, costs, budgets, top_k=k)
+        for k in ks:
+            with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
+                pareto.solve(scores, costs, budgets, top_k=k)
         return
-    sol = pareto.solve(scores, costs, budgets, top_k=k)
-    want = np.sort(sc)[:k]
-    assert len(sol.top) == len(want)
-    assert np.allclose([n.score for n in sol.top], want, rtol=0, atol=1e-12)
-    assert len({n.choice for n in sol.top}) == len(sol.top)
-    for net in sol.top:
-        assert net.score == pytest.approx(sum(s[i] for s, i in zip(scores, net.choice,
-                                                                   strict=True)), abs=1e-12)
-        total = sum(c[i] for c, i in zip(costs, net.choice, strict=True))
-        assert np.array_equal(total, net.costs) and (total <= budgets).all()
-    got = np.array(sorted((n.score, *n.costs) for n in sol.front))
-    assert np.allclose(got, _front(np.column_stack([sc, co])), rtol=0, atol=1e-9)
+    want_front = _front(np.column_stack([sc, co])) if front else None
+    for k in ks:
+        sol = pareto.solve(scores, costs, budgets, top_k=k)
+        want = np.sort(sc)[:k]
+        assert len(sol.top) == len(want)
+        assert np.allclose([n.score for n in sol.top], want, rtol=0, atol=1e-12)
+        assert len({n.choice for n in sol.top}) == len(sol.top)
+        for net in sol.top:
+            assert net.score == pytest.approx(sum(s[i] for s, i in zip(scores, net.choice,
+                                                                       strict=True)), abs=1e-12)
+            total = sum(c[i] for c, i in zip(costs, net.choice, strict=True))
+            assert np.array_equal(total, net.costs) and (total <= budgets).all()
+        if want_front is not None:
+            got = np.array(sorted((n.score, *n.costs) for n in sol.front))
+            assert np.allclose(got, want_front, rtol=0, atol=1e-9)
 
 
 @settings(max_examples=150, deadline=None)
 @given(wide_instances())
 def test_top_k_against_brute_force(inst):
-    _check(*inst)
+    scores, costs, budgets, k, fine = inst
+    _check(scores, costs, budgets, [k], front=not fine)
 
 
 @pytest.mark.parametrize("metrics", [("params",), ("flops",), ("params", "flops")])
@@ -116,8 +129,7 @@ def test_realistic_tables_against_brute_force(metrics, tightness):
     scores, raw = synthetic_problem(1, depths=((1,), (1, 2), (1,), (1,)), shapes=shapes)
     costs = [np.stack([c[m] for m in metrics], axis=1) for c in raw]
     lo, hi = sum(c.min(axis=0) for c in costs), sum(c.max(axis=0) for c in costs)
-    for k in (1, 2, 5, 17):
-        _check(scores, costs, lo + tightness * (hi - lo), k)
+    _check(scores, costs, lo + tightness * (hi - lo), [1, 2, 5, 17])
 
 
 def _layer_numbers(S, C):
@@ -158,6 +170,17 @@ def test_undominated_2_against_dominated_2(n, top, anti, seed):
     if n <= 300:
         le = (y[None, :] <= y[:, None]) & (s[None, :] <= s[:, None]) & np.tri(n, k=-1, dtype=bool)
         assert np.array_equal(got, ~le.any(axis=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 300), st.integers(3, 4), st.integers(1, 6), st.integers(0, 2 ** 32 - 1))
+def test_undominated_n_against_brute_force(n, d, top, seed):
+    """Short runs, so that the run-against-front check and the growing front are exercised."""
+    rng = np.random.default_rng(seed)
+    P = rng.integers(0, top, (n, d)).astype(float)
+    P = P[np.lexsort(P.T[::-1])]
+    le = (P[None] <= P[:, None]).all(axis=2) & np.tri(n, k=-1, dtype=bool)
+    assert np.array_equal(pareto._undominated_n(P, most=16), ~le.any(axis=1))
 
 
 def test_infeasible_budget_names_the_cheapest():
