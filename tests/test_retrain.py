@@ -297,3 +297,11 @@ def test_plugin_runs_as_a_pipeline_stage(tmp_path):
     assert set(run.report["student"]) >= {"top1", "top5", "params", "flops"}
     model = load_model(tmp_path / "run/model")
     assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_eval_every_measures_val_only_on_those_epochs_and_the_last(tmp_path):
+    cfg = TimmRetrainerConfig(epochs=3, batch_size=64, eval_every=2, ema_decay=0)
+    result = TimmRetrainer(cfg).retrain(make_ctx(tmp_path), SELECTION)
+    history = load_meta(tmp_path / "model")["history"]
+    assert [("top1" in h) for h in history] == [False, True, True]
+    assert result.metrics["top1"] == history[-1]["top1"]

@@ -101,6 +101,8 @@ class TimmRetrainerConfig:
                                        metadata={"help": "softmax temperature of distillation"})
     eval_batch_size: int = field(default=256, validator=dnax.positive,
                                  metadata={"help": "images per step when evaluating"})
+    eval_every: int = field(default=1, validator=dnax.positive, metadata={
+        "help": "measure val top-1/top-5 every this many epochs (and after the last)"})
     num_workers: int = field(default=0, validator=dnax.non_negative,
                              metadata={"help": "data loading worker processes"})
     onnx: bool = field(default=False, metadata={"help": "also write model/model.onnx"})
@@ -171,8 +173,10 @@ class TimmRetrainer(dnax.Retrainer):
             task = f"retrain epoch {epoch + 1}/{cfg.epochs}"
             loss = self._train_epoch(ctx, task, net, model, ema, teacher, train, optimizer,
                                      scheduler, scaler, amp_dtype, epoch, run)
-            scores = evaluate(exported, val, device, amp_dtype, ctx.dist)
-            scheduler.step(epoch + 1, scores["top1"])
+            last = epoch + 1 == cfg.epochs
+            scores = (evaluate(exported, val, device, amp_dtype, ctx.dist)
+                      if last or (epoch + 1) % cfg.eval_every == 0 else {})
+            scheduler.step(epoch + 1, scores.get("top1"))
             seconds = time.perf_counter() - t0
             run["seconds"] += seconds
             run["epoch"] = epoch + 1
@@ -182,8 +186,9 @@ class TimmRetrainer(dnax.Retrainer):
                 ctx.run_dir.save_state(RESUME, _snapshot(model, ema, optimizer, scheduler,
                                                          scaler, train, run, fingerprint))
             ctx.progress(task, steps, steps, loss=loss, **scores)
-            ctx.log(f"{task}: loss {loss:.4f}, top-1 {scores['top1']:.2f} %, "
-                    f"top-5 {scores['top5']:.2f} % ({seconds:.1f} s)")
+            measured = (f", top-1 {scores['top1']:.2f} %, top-5 {scores['top5']:.2f} %"
+                        if scores else "")
+            ctx.log(f"{task}: loss {loss:.4f}{measured} ({seconds:.1f} s)")
 
         last = run["history"][-1] if run["history"] else {}
         metrics = {
