@@ -14,7 +14,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,11 +124,13 @@ class PipelineConfig:
 # --- loading ----------------------------------------------------------------------------------
 
 def load_config(source: str | Path | Mapping[str, Any], registry: Any,
-                base_dir: str | Path | None = None) -> PipelineConfig:
+                base_dir: str | Path | None = None,
+                tables: Collection[str] | None = None) -> PipelineConfig:
     """Load a pipeline from a TOML path or a dict; raise :class:`ConfigError` with every problem.
 
     ``registry`` resolves plugin names (see :func:`dnax.registry.get_registry`). Relative paths
-    resolve against the TOML file's folder (or ``base_dir``, or the working directory).
+    resolve against the TOML file's folder (or ``base_dir``, or the working directory). With
+    ``tables``, only those tables are read; the others are ignored, not checked.
     """
     path: Path | None = None
     if isinstance(source, Mapping):
@@ -142,6 +144,8 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
         base_dir = base_dir or path.parent
+    if tables is not None:
+        raw = {k: v for k, v in raw.items() if k in tables}
     base = Path(base_dir or Path.cwd()).resolve()
     problems: list[str] = []
 

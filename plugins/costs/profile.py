@@ -17,12 +17,10 @@ import json
 import platform
 import re
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import numpy as np
 import timm
 import torch
@@ -45,16 +43,7 @@ TABLES = ("pipeline", "data", "teacher", "space")
 def load_for_profile(path: str | Path, registry: Any) -> dnax.PipelineConfig:
     """The pipeline's settings, data, teacher and space from a TOML file; other tables are not
     read (paths resolve relative to the file, as for ``dnax run``)."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise dnax.ConfigError(f"{path}: no such pipeline file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise dnax.ConfigError(f"{path}: invalid TOML ({e})") from None
-    config = load_config({k: v for k, v in raw.items() if k in TABLES}, registry,
-                         base_dir=path.parent)
-    return attrs.evolve(config, source=path.resolve())
+    return load_config(Path(path), registry, tables=TABLES)
 
 
 def make_context(config: dnax.PipelineConfig, registry: Any, device: str | None = None,
