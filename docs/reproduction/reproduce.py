@@ -229,17 +229,6 @@ class Echo:
         say(self.step, f"stage {stage} {'reused' if skipped else 'done'} ({seconds:.1f} s)")
 
 
-class Quiet:
-    """A hook relay for stage contexts made here: progress and log lines are dropped (these
-    steps print one line per architecture instead)."""
-
-    def dnax_progress(self, **_: Any) -> None:
-        pass
-
-    def dnax_log(self, **_: Any) -> None:
-        pass
-
-
 def registry(step: str) -> Any:
     from dnax.registry import Registry
 
@@ -261,7 +250,10 @@ def context(stage: str, config: dnax.PipelineConfig, plugins: dnax.Plugins, fold
     from dnax.runner import resolve_device
 
     device = resolve_device(config.pipeline.device, dnax.DistInfo())
-    return dnax.StageContext(stage, config, plugins, dnax.RunDir(folder), Quiet(), device)
+    from dnax.context import QuietHooks
+
+    # progress and log lines are dropped: these steps print one line per architecture instead
+    return dnax.StageContext(stage, config, plugins, dnax.RunDir(folder), QuietHooks(), device)
 
 
 def count_flops(model: nn.Module) -> int:
