@@ -1,5 +1,6 @@
 """``dnax bench train | rank | select``: time a stage against its reference in the same run,
-print a table and write every figure, the arguments and the machine to a JSON file.
+print a table (or, with ``--json``, the report) and, with ``--output``, write every figure, the
+arguments and the machine to a JSON file.
 
 Expected mistakes raise :class:`dnax.UserError`; :func:`dnax.cli.common.user_errors` turns them
 into one ``error: ...`` line per problem on stderr and exit code 2.
@@ -13,10 +14,12 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
+import attrs
 import numpy as np
 import typer
 from rich.table import Table
@@ -36,7 +39,7 @@ GOAL_SELECT_S = 0.1  # issue 6: the paper's space solved in under 0.1 s
 # --- options shared by the commands ------------------------------------------------------------
 
 OutputOpt = Annotated[Path | None, typer.Option(
-    "--output", "-o", help="JSON file to write [default: bench-<command>.json in the cwd].",
+    "--output", "-o", help="JSON file to write the report to [default: none, only printed].",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
 ThreadsOpt = Annotated[int | None, typer.Option(
@@ -144,17 +147,20 @@ def _report(what: str, command: str, arguments: Mapping[str, Any], figures: Mapp
 
 
 def _emit(report: dict[str, Any], table: Table, output: Path | None, as_json: bool) -> None:
+    """Write the report to ``output`` (only when given) and print it: JSON or the table."""
     text = json.dumps(report, indent=2, default=json_default) + "\n"
-    path = output or Path(f"bench-{report['bench']}.json")
-    try:
-        dnax.rundir.atomic_write_text(path, text)
-    except OSError as e:
-        raise dnax.ConfigError(f"--output: cannot write {path} ({e.strerror or e})") from None
+    if output is not None:
+        try:
+            dnax.rundir.atomic_write_text(output, text)
+        except OSError as e:
+            raise dnax.ConfigError(f"--output: cannot write {output} ({e.strerror or e})"
+                                   ) from None
     if as_json:
         sys.stdout.write(text)
     else:
         out.print(table)
-        out.print(f"written: {path}", markup=False, highlight=False)
+        if output is not None:
+            out.print(f"written: {output}", markup=False, highlight=False)
 
 
 def fmt(v: float) -> str:
@@ -193,8 +199,9 @@ def _teacher_and_space(pipeline: Path | None, preset: str | None
     if pipeline is not None:
         config = dnax.load_pipeline(pipeline, registry)
         plugins = dnax.runner.instantiate(config, registry)
-        label = (f"{config.sections['teacher'].plugin} teacher "
-                 f"({getattr(plugins.teacher, 'name', '?')}), "
+        name = getattr(plugins.teacher, "name", None)
+        label = (f"{config.sections['teacher'].plugin} teacher"
+                 f"{f' ({name})' if isinstance(name, str) else ''}, "
                  f"{config.sections['space'].plugin} space of {pipeline.name}")
         return label, plugins.teacher, plugins.space, config
     assert preset is not None
@@ -204,6 +211,19 @@ def _teacher_and_space(pipeline: Path | None, preset: str | None
     teacher = registry.create_plugin("teacher", "efficientnet", t_cls.Config(model=model))
     space = registry.create_plugin("space", "mbconv", s_cls.Config(preset=space_preset))
     return f"{model} teacher, mbconv space preset '{space_preset}'", teacher, space, None
+
+
+def _scratch_context(config: dnax.PipelineConfig | None, teacher: dnax.Teacher, scratch: str,
+                     resolution: int, device: str) -> dnax.StageContext | None:
+    """A teacher-stage context over a scratch run directory, for a teacher that must be
+    prepared before it can be timed (None without a pipeline: a preset's teacher never is)."""
+    if config is None:
+        return None
+    config = attrs.evolve(config, pipeline=attrs.evolve(config.pipeline, resolution=resolution))
+    registry = get_registry()
+    plugins = attrs.evolve(dnax.runner.instantiate(config, registry), teacher=teacher)
+    return dnax.StageContext("teacher", config, plugins, dnax.RunDir(scratch), registry.hook,
+                             device)
 
 
 @bench_app.command()
@@ -253,15 +273,13 @@ def train(
     dev = _device(device or (config.pipeline.device if config is not None else "auto"))
     blocks = teacher.blocks(res)
     space.check_blocks(blocks)
-    build = getattr(teacher, "build_model", None)
-    if build is None:
-        raise dnax.ConfigError(f"$.teacher: plugin {type(teacher).__name__} has no "
-                               "build_model(num_classes); bench train needs it")
-    from dnax.plugins.trainers.bench import bench_train
+    from dnax.plugins.trainers.bench import UNTRAINED, bench_train, teacher_network
 
-    with _threads(threads), err.status("timing the supernet step, its floor and the official "
-                                       "schedule"):
-        model = build(1000)  # untrained: the classifier is never run, weights do not matter
+    with (_threads(threads), tempfile.TemporaryDirectory(prefix="dnax-bench-") as scratch,
+          err.status("building the teacher network") as status):
+        ctx = _scratch_context(config, teacher, scratch, res, dev)
+        model, weights = teacher_network(teacher, ctx)
+        status.update("timing the supernet step, its floor and the official schedule")
         result = bench_train(teacher, model, space, blocks=blocks, resolution=res,
                              batch_size=batch_size, device=dev, steps=steps, warmup=warmup,
                              amp=amp, channels_last=channels_last, sampling=sampling, seed=seed)
@@ -279,7 +297,7 @@ def train(
         }
         details = {k: v for k, v in result.items()
                    if k not in figures and k not in ratios}
-        details["teacher_weights"] = "untrained (timing only)"
+        details["teacher_weights"] = weights
         report = _report("train", _command("train", [str(pipeline)] if pipeline else [],
                                            options),
                          {"pipeline": str(pipeline) if pipeline else None, **options},
@@ -298,7 +316,9 @@ def train(
          "> 1x: dnax faster"),
         ("step throughput", f"{fmt(figures['images_per_s'])} img/s", ""),
     ]
-    caption = (f"{label}; untrained teacher weights (timing only). {result['blocks']} blocks, "
+    shown = ("untrained teacher weights" if weights == UNTRAINED
+             else "teacher weights from its prepare()")
+    caption = (f"{label}; {shown} (timing only). {result['blocks']} blocks, "
                f"{result['cells']} cells (the official schedule re-runs the teacher prefix for "
                f"each cell); batch {batch_size} at {res} px on {dev}, "
                f"amp {result['amp']}; medians of {steps} steps after {warmup} warm-up. "
@@ -387,13 +407,13 @@ def select(
     as_json: JsonOpt = False,
 ) -> None:
     """Time the exact selector on the paper-sized space (288 .. 16848 candidates per block)."""
-    from dnax.plugins.selectors.bench import PAPER_FIXED, bench_select
+    from dnax.plugins.selectors.bench import METRICS, bench_select
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     problems: list[str] = []
     _need(problems, bool(names), "--metrics: give at least one of params, flops")
     for m in names:
-        _choice(problems, "--metrics", m, tuple(PAPER_FIXED))
+        _choice(problems, "--metrics", m, METRICS)
     _need(problems, len(set(names)) == len(names), f"--metrics: {metrics!r} repeats a metric")
     _positive(problems, top_k=top_k, repeats=repeats)
     _need(problems, 0.0 <= tightness <= 1.0, f"--tightness: must be in 0..1, got {tightness}")

@@ -8,7 +8,7 @@ problem found becomes one line ``$.table.key: what is wrong``; all of them are r
 from __future__ import annotations
 
 import difflib
-import hashlib
+import itertools
 import json
 import re
 import tomllib
@@ -27,14 +27,10 @@ from cattrs.cols import (
     list_structure_factory,
     mapping_structure_factory,
 )
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from .errors import ConfigError, PluginError
-
-#: pipeline tables in stage order; ``costs`` is an array of tables
-TABLES = ("data", "teacher", "space", "trainer", "evaluator", "costs", "selector", "retrainer")
-REQUIRED = ("data", "teacher", "space")
-
+from .interfaces import KIND, PLUGIN_KINDS
 
 # --- validators plugins use in their config classes ------------------------------------------
 
@@ -88,9 +84,6 @@ class Section:
     def to_dict(self) -> dict[str, Any]:
         return {"plugin": self.plugin, **_drop_none(_unstructurer.unstructure(self.config))}
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
 
 @frozen
 class PipelineConfig:
@@ -107,12 +100,12 @@ class PipelineConfig:
     def to_dict(self) -> dict[str, Any]:
         """The resolved pipeline (defaults filled in, paths absolute), as TOML would hold it."""
         out: dict[str, Any] = {"pipeline": _unstructurer.unstructure(self.pipeline)}
-        for kind in TABLES:
-            if kind == "costs":
+        for kind in PLUGIN_KINDS:
+            if kind.many:
                 if self.costs:
-                    out["costs"] = [c.to_dict() for c in self.costs]
-            elif kind in self.sections:
-                out[kind] = self.sections[kind].to_dict()
+                    out[kind.name] = [c.to_dict() for c in self.costs]
+            elif kind.name in self.sections:
+                out[kind.name] = self.sections[kind.name].to_dict()
         return out
 
     def to_toml(self) -> str:
@@ -149,44 +142,43 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
     base = Path(base_dir or Path.cwd()).resolve()
     problems: list[str] = []
 
+    known = (*KIND, "pipeline")
     for key in raw:
-        if key not in (*TABLES, "pipeline"):
-            problems.append(f"$.{_key(key)}: unknown table{_suggest(key, (*TABLES, 'pipeline'))}")
-    for key in REQUIRED:
-        if key not in raw:
-            problems.append(f"$.{key}: required table missing")
+        if key not in known:
+            problems.append(f"$.{_key(key)}: unknown table{_suggest(key, known)}")
+    for kind in PLUGIN_KINDS:
+        if kind.required and kind.name not in raw:
+            problems.append(f"$.{kind.name}: required table missing")
 
     conv = _converter(base)
     settings = _structure(conv, raw.get("pipeline", {}), PipelineSettings, "$.pipeline", problems)
     sections: dict[str, Section] = {}
     costs: list[Section] = []
-    for kind in TABLES:
-        if kind not in raw:
+    for kind in PLUGIN_KINDS:
+        name = kind.name
+        if name not in raw:
             continue
-        if kind == "costs":
-            tables = raw[kind] if isinstance(raw[kind], list) else None
-            if tables is None:
-                problems.append(f"$.costs: expected an array of tables ([[costs]]), got "
-                                f"{_show(raw[kind])}")
+        if kind.many:
+            if not isinstance(raw[name], list):
+                problems.append(f"$.{name}: expected an array of tables ({kind.header}), got "
+                                f"{_show(raw[name])}")
                 continue
-            for i, table in enumerate(tables):
-                sec = _section(conv, registry, kind, table, f"$.costs[{i}]", problems)
+            for i, table in enumerate(raw[name]):
+                sec = _section(conv, registry, name, table, f"$.{name}[{i}]", problems)
                 if sec:
                     costs.append(sec)
         else:
-            sec = _section(conv, registry, kind, raw[kind], f"$.{kind}", problems)
+            sec = _section(conv, registry, name, raw[name], f"$.{name}", problems)
             if sec:
-                sections[kind] = sec
+                sections[name] = sec
 
     _check_order(raw, problems)
     if problems:
         raise ConfigError(problems)
     config = PipelineConfig(settings, sections, tuple(costs), path.resolve() if path else None)
-    for kind, sec in [*sections.items(), *(("costs", c) for c in costs)]:
-        cls = registry.get(kind, sec.plugin).cls
-        check = getattr(cls, "check", None)
-        if check is not None:
-            problems += [f"$.{kind}: {msg}" for msg in check(sec.config, config)]
+    for sec in [*sections.values(), *costs]:
+        cls = registry.get(sec.kind, sec.plugin).cls
+        problems += [f"$.{sec.kind}: {msg}" for msg in cls.check(sec.config, config, registry)]
     if problems:
         raise ConfigError(problems)
     return config
@@ -243,8 +235,7 @@ def _checks_beside(conv: cattrs.Converter, data: Mapping[str, Any], cls: type, p
     except Exception:
         rest = None
     if rest is not None:
-        yield from (p for p in _validate(rest, path)
-                    if p[len(path) + 1:].split(":")[0].split(".")[0].split("[")[0] not in failed)
+        yield from _validate(rest, path, skip=failed)
     try:
         hints = typing.get_type_hints(cls)
     except Exception:
@@ -285,9 +276,12 @@ def _failed_keys(exc: BaseException) -> set[str]:
     return set()
 
 
-def _validate(inst: Any, path: str) -> Iterator[str]:
-    """Run attrs validators field by field so that each failure names its own path."""
+def _validate(inst: Any, path: str, skip: Collection[str] = ()) -> Iterator[str]:
+    """Run attrs validators field by field (the fields named in ``skip`` left out) so that each
+    failure names its own path."""
     for a in attrs.fields(type(inst)):
+        if a.name in skip:
+            continue
         value = getattr(inst, a.name)
         if a.validator is not None:
             try:
@@ -303,19 +297,25 @@ def _validate(inst: Any, path: str) -> Iterator[str]:
 
 
 def _problems(exc: BaseException, path: str) -> Iterator[str]:
-    if isinstance(exc, ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        for e, note in with_notes:
-            yield from _problems(e, f"{path}.{note.name}")
-        for e in without:
-            yield from _problems(e, path)
-    elif isinstance(exc, IterableValidationError):
-        with_notes, without = exc.group_exceptions()
-        for e, note in with_notes:
-            yield from _problems(e, f"{path}[{note.index!r}]")
-        for e in without:
-            yield from _problems(e, path)
-    elif isinstance(exc, ForbiddenExtraKeysError):
+    """One line per leaf of a failed conversion: :func:`cattrs.transform_error` walks cattrs'
+    exception groups and builds each leaf's ``$.path``; :func:`_describe` words the leaf.
+
+    transform_error hands the formatter a leaf without its path and returns ``"<text> @ <path>"``;
+    the text given back is the leaf's index among ``leaves``, so that splitting at the first
+    ``" @ "`` is exact whatever the path and the values hold."""
+    leaves: list[BaseException] = []
+
+    def token(e: BaseException, _type: Any) -> str:
+        leaves.append(e)
+        return str(len(leaves) - 1)
+
+    for line in cattrs.transform_error(exc, path, format_exception=token):
+        index, _, where = line.partition(" @ ")
+        yield from _describe(leaves[int(index)], where)
+
+
+def _describe(exc: BaseException, path: str) -> Iterator[str]:
+    if isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
             yield f"{path}.{_key(key)}: unknown key{_suggest(key, known)}"
@@ -326,11 +326,13 @@ def _problems(exc: BaseException, path: str) -> Iterator[str]:
 
 
 def _check_order(raw: Mapping[str, Any], problems: list[str]) -> None:
-    """Each stage needs the ones before it: a selector needs an evaluator, and so on."""
-    needs = {"evaluator": "trainer", "selector": "evaluator", "retrainer": "selector"}
-    for kind, before in needs.items():
-        if kind in raw and before not in raw:
-            problems.append(f"$.{before}: required table missing (needed by [{kind}])")
+    """Each stage needs the one before it: a selector needs an evaluator, and so on (a missing
+    required table is reported once, as missing)."""
+    staged = [k for k in PLUGIN_KINDS if k.stage is not None]
+    for before, kind in itertools.pairwise(staged):
+        if kind.name in raw and before.name not in raw and not before.required:
+            problems.append(f"$.{before.name}: required table missing (needed by "
+                            f"{kind.header})")
 
 
 # --- the strict converter ---------------------------------------------------------------------

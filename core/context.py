@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from attrs import define, field, frozen
+from attrs import define, field, fields, frozen
 
+from .interfaces import PLUGIN_KINDS
 from .rundir import RunDir
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ class DistInfo:
 
 @frozen
 class Plugins:
-    """The pipeline's plugin instances (``None`` where the pipeline has no such table)."""
+    """The pipeline's plugin instances (``None`` where the pipeline has no such table): one field
+    per kind of :data:`dnax.interfaces.PLUGIN_KINDS`, in its order, named as the kind."""
 
     data: DataSource
     teacher: Teacher
@@ -76,6 +78,11 @@ class Plugins:
     costs: tuple[CostModel, ...] = ()
     selector: Selector | None = None
     retrainer: Retrainer | None = None
+
+
+if [a.name for a in fields(Plugins)] != [k.name for k in PLUGIN_KINDS]:  # pragma: no cover
+    raise TypeError("dnax.Plugins needs one field per kind of dnax.interfaces.PLUGIN_KINDS, in "
+                    "its order")
 
 
 @define

@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from attrs import frozen
+
 from .types import (
     BlockRanking,
     BlockSpec,
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from dnax.registry import Registry
+
+    from .config import PipelineConfig
     from .context import StageContext
 
 #: ``train`` trains supernets (and the retrained network), ``heldout`` is kept out of training for
@@ -47,19 +52,37 @@ Split = Literal["train", "heldout", "val"]
 
 
 class Plugin:
-    """Base of every plugin: holds its validated config."""
+    """Base of every plugin: holds its validated config.
 
-    #: the pipeline table this kind is configured in, e.g. ``"teacher"``
-    kind: ClassVar[str] = ""
+    Two class-level contracts, both optional:
+
+    - :attr:`Config`: the attrs class that validates the plugin's pipeline table; the registry
+      uses it when ``register(name, cls)`` is called without ``config_cls``.
+    - :meth:`check`: cross-table checks run once the whole pipeline has loaded.
+    """
+
+    #: the attrs config class of this plugin's pipeline table (``None``: pass ``config_cls`` to
+    #: ``register``)
+    Config: ClassVar[type | None] = None
 
     def __init__(self, config: Any):
         self.config = config
 
+    @classmethod
+    def check(cls, config: Any, pipeline: PipelineConfig, registry: Registry) -> list[str]:
+        """Problems of ``config`` (this plugin's validated config) that only the whole pipeline
+        reveals, e.g. a budget on a metric no ``[[costs]]`` model measures.
+
+        Called after every table has loaded and converted without error, with the loaded
+        ``pipeline`` and the ``registry`` that resolved its plugin names. Each problem is one
+        line, its path relative to the plugin's table (``"budgets.latency: ..."`` becomes
+        ``$.selector.budgets.latency: ...``). The default finds none.
+        """
+        return []
+
 
 class DataSource(Plugin, ABC):
     """Real images and labels, split into train / heldout / val."""
-
-    kind = "data"
 
     @property
     @abstractmethod
@@ -75,8 +98,6 @@ class DataSource(Plugin, ABC):
 
 class Teacher(Plugin, ABC):
     """A trained network cut into blocks at stage boundaries."""
-
-    kind = "teacher"
 
     @abstractmethod
     def blocks(self, resolution: int) -> tuple[BlockSpec, ...]:
@@ -103,8 +124,6 @@ class Teacher(Plugin, ABC):
 
 class SearchSpace(Plugin, ABC):
     """Per block, the cells and the op choices of their layers."""
-
-    kind = "space"
 
     @abstractmethod
     def cells(self, block: BlockSpec) -> tuple[CellSpec, ...]:
@@ -141,8 +160,6 @@ class SearchSpace(Plugin, ABC):
 class BlockTrainer(Plugin, ABC):
     """Trains every block's supernet against the teacher's block outputs."""
 
-    kind = "trainer"
-
     @abstractmethod
     def train(self, ctx: StageContext) -> TrainResult:
         """Stage ``train``: write one safetensors file per block and return where they are."""
@@ -151,8 +168,6 @@ class BlockTrainer(Plugin, ABC):
 class Evaluator(Plugin, ABC):
     """Scores every candidate of every block on held-out images."""
 
-    kind = "evaluator"
-
     @abstractmethod
     def rank(self, ctx: StageContext) -> RankResult:
         """Stage ``rank``: store each block's scores (see :meth:`RunDir.save_ranking`)."""
@@ -160,8 +175,6 @@ class Evaluator(Plugin, ABC):
 
 class CostModel(Plugin, ABC):
     """An additive cost: per candidate of each block, plus the fixed parts of the network."""
-
-    kind = "costs"
 
     #: the metric's name as budgets refer to it, e.g. ``"params"``
     metric: ClassVar[str] = ""
@@ -179,8 +192,6 @@ class CostModel(Plugin, ABC):
 class Selector(Plugin, ABC):
     """Picks the best network from the block rankings under budgets."""
 
-    kind = "selector"
-
     @abstractmethod
     def select(self, ctx: StageContext, rankings: Sequence[BlockRanking],
                fixed_costs: Mapping[str, float]) -> Selection:
@@ -190,21 +201,50 @@ class Selector(Plugin, ABC):
 class Retrainer(Plugin, ABC):
     """Trains the selected network from scratch and exports it."""
 
-    kind = "retrainer"
-
     @abstractmethod
     def retrain(self, ctx: StageContext, selection: Selection) -> RetrainResult:
         """Stage ``retrain``: train, evaluate and export the selected network."""
 
 
-#: interface of each kind, in pipeline order
-KINDS: dict[str, type[Plugin]] = {
-    "data": DataSource,
-    "teacher": Teacher,
-    "space": SearchSpace,
-    "trainer": BlockTrainer,
-    "evaluator": Evaluator,
-    "costs": CostModel,
-    "selector": Selector,
-    "retrainer": Retrainer,
-}
+@frozen
+class Kind:
+    """One kind of plugin: what it subclasses, how it is configured, registered and run."""
+
+    #: the kind's name, which is also its pipeline table's name, e.g. ``"teacher"``
+    name: str
+    #: the interface every plugin of this kind subclasses
+    interface: type[Plugin]
+    #: the hook (see :mod:`dnax.hookspecs`) whose implementations register plugins of this kind
+    hook: str
+    #: what the plugins of this kind are, in the plural, e.g. ``"search spaces"``
+    title: str
+    #: the stage that this kind's plugin runs, if any
+    stage: str | None = None
+    #: an array of tables (``[[costs]]``): any number of plugins, none required
+    many: bool = False
+    #: a pipeline without this table is refused
+    required: bool = False
+
+    @property
+    def header(self) -> str:
+        """The table's TOML header: ``[teacher]``, ``[[costs]]``."""
+        return f"[[{self.name}]]" if self.many else f"[{self.name}]"
+
+
+#: every plugin kind, in pipeline order: the one table the config loader, the runner, the
+#: registry and the CLI read
+PLUGIN_KINDS: tuple[Kind, ...] = (
+    Kind("data", DataSource, "dnax_register_data", "data sources", required=True),
+    Kind("teacher", Teacher, "dnax_register_teachers", "teachers", stage="teacher",
+         required=True),
+    Kind("space", SearchSpace, "dnax_register_spaces", "search spaces", required=True),
+    Kind("trainer", BlockTrainer, "dnax_register_trainers", "block trainers", stage="train"),
+    Kind("evaluator", Evaluator, "dnax_register_evaluators", "evaluators", stage="rank"),
+    Kind("costs", CostModel, "dnax_register_costs", "cost models", many=True),
+    Kind("selector", Selector, "dnax_register_selectors", "selectors", stage="select"),
+    Kind("retrainer", Retrainer, "dnax_register_retrainers", "retrainers", stage="retrain"),
+)
+#: each kind by name
+KIND: Mapping[str, Kind] = {k.name: k for k in PLUGIN_KINDS}
+#: the interface of each kind, in pipeline order (a view of :data:`PLUGIN_KINDS`)
+KINDS: Mapping[str, type[Plugin]] = {k.name: k.interface for k in PLUGIN_KINDS}

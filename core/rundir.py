@@ -6,8 +6,9 @@ Layout::
       config.toml            resolved pipeline (paths absolute)
       stages/<stage>.json    result of each finished stage + hash of what it depended on
       teacher/               teacher weights when trained here
-      supernets/             block<i>.safetensors (+ block<i>.resume.pt, losses.csv)
+      supernets/             block<i>.safetensors (+ the distill trainer's resume.pt, losses.csv)
       rankings/              block<i>.safetensors (scores, costs) + block<i>.json (candidates)
+      selection/             costs.safetensors (+ the selector's own files, e.g. top.json)
       selection.json
       model/                 model.safetensors + model.json
       report.json

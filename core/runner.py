@@ -25,6 +25,7 @@ from attrs import frozen
 from .config import PipelineConfig
 from .context import DistInfo, Plugins, QuietHooks, StageContext
 from .errors import ArtifactError, ConfigError
+from .interfaces import PLUGIN_KINDS
 from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
 from .types import (
     BlockPlan,
@@ -110,26 +111,25 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 #: every candidate's cost per block and metric, written by the select stage
 COSTS = "selection/costs.safetensors"
-_OWNER = {"train": "trainer", "rank": "evaluator", "select": "selector", "retrain": "retrainer"}
+#: the plugin kind that runs each stage
+_OWNER = {k.stage: k for k in PLUGIN_KINDS if k.stage is not None}
 
 _conv = cattrs.Converter()
 
 
 def configured_stages(config: PipelineConfig) -> list[Stage]:
-    """The stages a pipeline runs: teacher, then each stage whose table is present."""
-    return [s for s in STAGES if s.name == "teacher" or _OWNER[s.name] in config.sections]
+    """The stages a pipeline runs: teacher (a required table), then each stage whose table is
+    present."""
+    return [s for s in STAGES if _OWNER[s.name].required or _OWNER[s.name].name in config.sections]
 
 
 def instantiate(config: PipelineConfig, registry: Any) -> Plugins:
     """Build every plugin of ``config`` from ``registry``."""
-    def make(kind: str) -> Any:
-        sec = config.section(kind)
-        return None if sec is None else registry.create_plugin(kind, sec.plugin, sec.config)
+    def make(sec: Any) -> Any:
+        return None if sec is None else registry.create_plugin(sec.kind, sec.plugin, sec.config)
 
-    costs = tuple(registry.create_plugin("costs", c.plugin, c.config) for c in config.costs)
-    return Plugins(data=make("data"), teacher=make("teacher"), space=make("space"),
-                   trainer=make("trainer"), evaluator=make("evaluator"), costs=costs,
-                   selector=make("selector"), retrainer=make("retrainer"))
+    return Plugins(**{k.name: tuple(make(c) for c in config.costs) if k.many
+                      else make(config.section(k.name)) for k in PLUGIN_KINDS})
 
 
 def build_plan(config: PipelineConfig, plugins: Plugins) -> Plan:

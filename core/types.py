@@ -36,10 +36,6 @@ class DataConfig:
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
 
-    @property
-    def resolution(self) -> int:
-        return self.input_size[-1]
-
 
 @frozen
 class CellSpec:

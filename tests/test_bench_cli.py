@@ -109,13 +109,13 @@ def test_rank(tmp_path):
     assert ">= 3x" in _row(table, "plain / tree")
 
 
-def test_select_json_to_stdout_and_default_file(tmp_path, monkeypatch):
+def test_select_json_to_stdout_and_no_file_without_output(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     res = cli.invoke(bench_app, ["select", "--metrics", "params,flops", "--repeats", "1",
                                  "--json"])
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
-    assert json.loads((tmp_path / "bench-select.json").read_text()) == report
+    assert list(tmp_path.iterdir()) == []  # files are written only where --output says
     _check_report(report, "select")
     assert report["details"]["candidates"] == [288, 1548, 1548, 2808, 16848, 6]
     assert report["details"]["networks"] == pytest.approx(1.959e17, rel=1e-3)
@@ -129,6 +129,14 @@ def test_select_table(tmp_path):
     ms = report["figures"]["seconds"] * 1e3
     assert _cell(table, "exact solve, median of 1") == f"{fmt(ms)} ms"
     assert "< 100 ms" in _row(table, "exact solve, median of 1")
+
+
+def test_table_without_output_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = cli.invoke(bench_app, ["select", "--repeats", "1"])
+    assert res.exit_code == 0, res.stderr
+    assert "exact solve, median of 1" in res.stdout and "written:" not in res.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def _row(table: str, label: str) -> str:

@@ -1,9 +1,9 @@
-"""Build timm layers and whole networks from arch strings; the base shared by the cost models.
+"""The base shared by the layer-wise cost models.
 
 A candidate's cost is the sum of its layers' costs; each layer is built once per *signature*
-(arch string, input width, input size, first-in-stage) with timm's ``decode_arch_def`` and an
-``EfficientNetBuilder`` configured exactly as ``timm.models.efficientnet.EfficientNet`` configures
-it from the space's ``model_kwargs()``, so the layer is the one the final network holds.
+(arch string, input width, input size, first-in-stage) by :mod:`dnax.plugins.toolkit.builder`,
+the builder of every network dnax trains and retrains, so the layer is the one the final
+network holds.
 
 Additivity: a block's first layer takes the previous block's output width. When every cell of
 a block has the same width (the default, and the paper's preset) that width is fixed and costs
@@ -21,11 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 from attrs import frozen
-from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def, round_channels
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 import dnax
+from dnax.plugins.toolkit.builder import (
+    build_layer,
+    build_network,
+    decode,
+    out_width,
+    stages_out_width,
+)
 
 
 @frozen
@@ -42,51 +48,9 @@ class LayerSig:
         return f"{self.arch}@{self.in_chs}x{self.in_size}{'' if self.first else ':inner'}"
 
 
-def make_builder(model_kwargs: Mapping[str, Any]) -> EfficientNetBuilder:
-    """An ``EfficientNetBuilder`` set up as ``EfficientNet(**model_kwargs)`` sets up its own."""
-    from timm.models._efficientnet_blocks import SqueezeExcite
-
-    kw = dict(model_kwargs)
-    return EfficientNetBuilder(
-        output_stride=kw.get("output_stride", 32),
-        pad_type=kw.get("pad_type", ""),
-        round_chs_fn=kw.get("round_chs_fn", round_channels),
-        act_layer=kw.get("act_layer") or nn.ReLU,
-        norm_layer=kw.get("norm_layer") or nn.BatchNorm2d,
-        aa_layer=kw.get("aa_layer"),
-        se_layer=kw.get("se_layer") or SqueezeExcite,
-        drop_path_rate=kw.get("drop_path_rate", 0.0),
-    )
-
-
-def build_layer(arch: str, in_chs: int, model_kwargs: Mapping[str, Any], *, first: bool = True
-                ) -> tuple[nn.Module, int]:
-    """One arch string built as timm builds it inside a stage, and its output width. A layer
-    that is not first in its stage has its stride forced to 1, as timm's builder does."""
-    stage = decode_arch_def([[arch]])[0]
-    if not first:
-        stage[0]["stride"] = 1
-    builder = make_builder(model_kwargs)
-    module = builder(in_chs, [stage])[0]
-    return module.eval(), int(builder.in_chs)
-
-
-def build_network(arch_def: Sequence[Sequence[str]], num_classes: int,
-                  model_kwargs: Mapping[str, Any]) -> EfficientNet:
-    """The whole network exactly as the retrainer builds it."""
-    return EfficientNet(decode_arch_def([list(s) for s in arch_def]), num_classes=num_classes,
-                        **dict(model_kwargs))
-
-
-def out_width(arch: str, model_kwargs: Mapping[str, Any]) -> int:
-    """The output width of a layer's arch string after the network's channel rounding."""
-    ba = decode_arch_def([[arch]])[0][-1]
-    return int(dict(model_kwargs).get("round_chs_fn", round_channels)(ba["out_chs"]))
-
-
 def out_size(sig: LayerSig) -> int:
     """The output size of a layer as timm's padding gives it (``ceil(size / stride)``)."""
-    stride = decode_arch_def([[sig.arch]])[0][0]["stride"] if sig.first else 1
+    stride = decode([[sig.arch]])[0][0]["stride"] if sig.first else 1
     return -(-sig.in_size // stride)
 
 
@@ -168,18 +132,9 @@ class LayerwiseCost(dnax.CostModel):
         """The width entering searched block ``index`` in the final network."""
         if index > 0:
             return self.uniform_width(ctx, blocks[index - 1], f"block {index}")
-        kwargs = dict(ctx.plugins.space.model_kwargs())
         chosen = [self.candidates(ctx, b)[0] for b in blocks]
         arch = ctx.plugins.space.arch_def(blocks, chosen)
-        fixed = [list(s) for s in arch[: len(arch) - len(blocks)]]
-        round_fn = kwargs.get("round_chs_fn", round_channels)
-        stem = kwargs.get("stem_size", 32)
-        stem = stem if kwargs.get("fix_stem", False) else round_fn(stem)
-        if not fixed:
-            return int(stem)
-        builder = make_builder(kwargs)
-        builder(stem, decode_arch_def(fixed))
-        return int(builder.in_chs)
+        return stages_out_width(arch[: len(arch) - len(blocks)], ctx.plugins.space.model_kwargs())
 
     def reference_network(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec]
                           ) -> tuple[EfficientNet, int]:
@@ -195,6 +150,7 @@ class LayerwiseCost(dnax.CostModel):
         key = (ctx.plugins.space.fingerprint(), sig)
         if key not in self._layers:
             layer, out_chs = build_layer(sig.arch, sig.in_chs, kwargs, first=sig.first)
+            layer.eval()
             with torch.no_grad():
                 cost, out_size = self.layer_cost(ctx, layer, sig)
             self._layers[key] = (float(cost), out_chs, int(out_size))

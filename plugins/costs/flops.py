@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from attrs import frozen
 from timm.models.efficientnet import EfficientNet
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import dnax
+from dnax.plugins.toolkit.training import count_flops
 
 from .common import LayerSig, LayerwiseCost, head_part, searched_stages, stem_part
 
@@ -19,14 +18,6 @@ from .common import LayerSig, LayerwiseCost, head_part, searched_stages, stem_pa
 @frozen
 class FlopsConfig:
     """FLOPs of one image at the pipeline's resolution (2 per multiply-add)."""
-
-
-def count_flops(fn: Callable[..., Any], *args: Any) -> tuple[int, Any]:
-    """FLOPs of ``fn(*args)`` as ``torch.utils.flop_counter`` counts them (2 per multiply-add;
-    convolutions and matrix products, not activations or BatchNorm), and its result."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = fn(*args)
-    return int(counter.get_total_flops()), out
 
 
 class Flops(LayerwiseCost):

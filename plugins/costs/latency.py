@@ -151,7 +151,7 @@ class Latency(TableCost):
     metric = "latency"
 
     @classmethod
-    def check(cls, config: LatencyConfig, pipeline: Any) -> list[str]:
+    def check(cls, config: LatencyConfig, pipeline: Any, registry: Any) -> list[str]:
         """The table must be readable and hold the device asked for."""
         try:
             device_entry(read_table(config.table), config.device, config.table)

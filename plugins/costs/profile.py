@@ -122,7 +122,7 @@ def time_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, repeats: in
 
 class Profiler(TableCost):
     """Walks the space like the cost models do, timing each distinct layer op once (the timm
-    block the network holds, built by :func:`dnax.plugins.costs.common.build_layer`)."""
+    block the network holds, built by :func:`dnax.plugins.toolkit.builder.build_layer`)."""
 
     def __init__(self, device: str, batch_size: int, repeats: int, warmup: int):
         super().__init__(None)
@@ -281,7 +281,7 @@ def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
     """Build ``k`` random networks of the space as the retrainer builds them, time each end to
     end on ``device`` (at the table's batch size, repeats and warm-up unless given) and predict
     each from ``table``'s entry for that device with the ``latency`` cost model."""
-    from dnax.plugins.retrainers.export import build_model
+    from dnax.plugins.toolkit.builder import build_network
 
     if k < 1:
         raise dnax.ConfigError(f"--check: must be >= 1, got {k}")
@@ -302,8 +302,8 @@ def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
         chosen = [model.candidates(ctx, b)[i] for b, i in zip(blocks, choice, strict=True)]
         cost = fixed + sum(float(model.candidate_costs(ctx, b, [c])[0])
                            for b, c in zip(blocks, chosen, strict=True))
-        net = build_model(space.arch_def(blocks, chosen), ctx.plugins.data.num_classes,
-                          space.model_kwargs()).eval().to(ctx.device)
+        net = build_network(space.arch_def(blocks, chosen), ctx.plugins.data.num_classes,
+                            space.model_kwargs()).eval().to(ctx.device)
         x = torch.randn(model.batch_size, net.in_chans, res, res, device=ctx.device)
         ms, _ = time_call(net, x, repeats=repeats, warmup=warmup)
         choices.append(choice)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from dnax.plugins.toolkit.builder import build_layer
+from dnax.plugins.toolkit.supernet import BlockSupernet, Cell, adapter
 
 from .tree import make_groups, plain_cell, score_weights, walk_cell
 
@@ -15,50 +18,13 @@ from .tree import make_groups, plain_cell, score_weights, walk_cell
 OPS: tuple[tuple[int, int], ...] = tuple((k, e) for e in (3, 6, 4, 2, 1) for k in (3, 5, 7))
 
 
-class BenchCell(nn.Module):
-    """A supernet cell as the contract describes it: ``enter``, ``layers[j][o]``, ``exit``."""
-
-    def __init__(self, enter: nn.Module, layers: Sequence[Sequence[nn.Module]], exit: nn.Module):
-        super().__init__()
-        self.enter = enter
-        self.layers = nn.ModuleList(nn.ModuleList(ops) for ops in layers)
-        self.exit = exit
-
-
-class BenchSupernet(nn.Module):
-    """One cell of timm MBConv layers between 1x1 conv+BN adapters."""
-
-    def __init__(self, cells: Sequence[BenchCell]):
-        super().__init__()
-        self.cells = nn.ModuleList(cells)
-
-    def forward(self, x: torch.Tensor, cell: int, ops: Sequence[int]) -> torch.Tensor:
-        c = self.cells[cell]
-        x = c.enter(x)
-        for layer, o in zip(c.layers, ops, strict=True):
-            x = layer[o](x)
-        return c.exit(x)
-
-
 def mbconv_layer(in_chs: int, arch: str) -> nn.Module:
-    """One timm block built from its arch string, as timm's EfficientNet builds it."""
-    from timm.layers import get_act_layer
-    from timm.models._efficientnet_blocks import SqueezeExcite
-    from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
-
-    builder = EfficientNetBuilder(act_layer=get_act_layer("swish"), norm_layer=nn.BatchNorm2d,
-                                  se_layer=SqueezeExcite)
-    return builder(in_chs, decode_arch_def([[arch]]))[0][0]
-
-
-def adapter(in_chs: int, out_chs: int) -> nn.Module:
-    if in_chs == out_chs:
-        return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
+    """One timm block built from its arch string, as timm's EfficientNet builds it (swish)."""
+    return build_layer(arch, in_chs, {"act_layer": "swish"})[0]
 
 
 def bench_supernet(depth: int = 4, ops: int = 6, *, teacher_in: int = 32, teacher_out: int = 48,
-                   in_chs: int = 24, out_chs: int = 40, stride: int = 2) -> BenchSupernet:
+                   in_chs: int = 24, out_chs: int = 40, stride: int = 2) -> BlockSupernet:
     """A one-cell supernet of ``depth`` layers with ``ops`` MBConv ops each (SE 0.25, swish)."""
     if not 1 <= ops <= len(OPS):
         raise ValueError(f"ops must be in 1..{len(OPS)}, got {ops}")
@@ -68,8 +34,8 @@ def bench_supernet(depth: int = 4, ops: int = 6, *, teacher_in: int = 32, teache
         layers.append([mbconv_layer(in_chs if j == 0 else out_chs,
                                     f"ir_r1_k{k}_s{s}_e{e}_c{out_chs}_se0.25")
                        for k, e in OPS[:ops]])
-    return BenchSupernet([BenchCell(adapter(teacher_in, in_chs), layers,
-                                    adapter(out_chs, teacher_out))])
+    return BlockSupernet([Cell(adapter(teacher_in, in_chs), layers,
+                               adapter(out_chs, teacher_out))])
 
 
 def bench_rank(depth: int = 4, ops: int = 6, *, batch_size: int = 8, batches: int = 1,

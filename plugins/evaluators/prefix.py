@@ -3,17 +3,16 @@ computation (and BatchNorm recalibration) of shared op prefixes done once."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Literal
 
-import attrs
 import numpy as np
 import torch
 from attrs import field, frozen
 
 import dnax
+from dnax.plugins.toolkit.supernet import load_supernet
 
 from .tree import METRICS, cell_shape, make_groups, score_weights, shard_prefixes, walk_cell
 
@@ -68,7 +67,7 @@ class PrefixEvaluator(dnax.Evaluator):
         inputs, targets, recal = self._features(ctx, teacher_result, len(specs))
         refs = []
         for spec in specs:
-            supernet = self._supernet(ctx, spec, checkpoints[spec.index].path, space_hash)
+            supernet = load_supernet(ctx, checkpoints[spec.index].path, spec)
             table, shapes = self._score_block(ctx, spec, supernet, inputs[spec.index],
                                               targets[spec.index], recal[spec.index])
             del supernet
@@ -141,24 +140,6 @@ class PrefixEvaluator(dnax.Evaluator):
             ctx.progress("teacher features", k + 1, len(loader))
         del model
         return inputs, targets, recal
-
-    def _supernet(self, ctx: dnax.StageContext, spec: dnax.BlockSpec, path: str,
-                  space_hash: str) -> torch.nn.Module:
-        supernet = ctx.plugins.space.build_supernet(spec)
-        tensors, meta = ctx.run_dir.load_tensors(path, kind="supernet",
-                                                 expect={"space_hash": space_hash})
-        block = json.dumps(attrs.asdict(spec))
-        if "block" in meta and meta["block"] != block:  # the same shapes, another block
-            raise dnax.ArtifactError(f"{ctx.run_dir.path(path)}: was trained for another block "
-                                     f"({meta['block']}), not block {spec.index} ({block}); "
-                                     "re-run with --force train")
-        try:
-            supernet.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise dnax.ArtifactError(f"{ctx.run_dir.path(path)}: does not fit the supernet of "
-                                     f"block {spec.index} ({first})") from None
-        return supernet.to(ctx.device).eval()
 
     def _score_block(self, ctx: dnax.StageContext, spec: dnax.BlockSpec,
                      supernet: torch.nn.Module, inputs: list[torch.Tensor],

@@ -23,6 +23,8 @@ from attrs import field, frozen
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dnax.plugins.toolkit.training import amp_dtype, autocast
+
 #: the scores of every candidate, in the order of the columns :func:`walk_cell` returns
 METRICS: tuple[str, ...] = ("mse", "nmse", "nmae")
 
@@ -127,7 +129,7 @@ def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
             if j == 0 and progress is not None:
                 progress((g + (o + 1) / len(cell.layers[0])) / len(groups))
 
-    with _preserved(cell), torch.no_grad(), _autocast(device, amp):
+    with _preserved(cell), torch.no_grad(), autocast(device, amp_dtype(device, amp)):
         for g, group in enumerate(groups):
             rec = _recalibrate(cell.enter, list(group.recal), bns) if group.recal else None
             node(0, 0, (), rec, [cell.enter(x) for x in group.inputs], g)
@@ -143,7 +145,7 @@ def plain_cell(supernet: nn.Module, index: int, groups: Sequence[Group], weights
     device = weights.device
     acc = torch.zeros(math.prod(shape), len(METRICS), device=device)
     bns: dict[int, list[_BatchNorm]] = {}
-    with _preserved(supernet), torch.no_grad(), _autocast(device, amp):
+    with _preserved(supernet), torch.no_grad(), autocast(device, amp_dtype(device, amp)):
         for group in groups:
             for row, ops in enumerate(itertools.product(*map(range, shape))):
                 if group.recal:
@@ -256,10 +258,3 @@ def _preserved(module: nn.Module) -> Iterator[None]:
 
 def _buffers(bn: _BatchNorm) -> list[Tensor]:
     return [bn.running_mean, bn.running_var, bn.num_batches_tracked]
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import dnax
+from dnax.plugins.toolkit.builder import build_network
 from dnax.rundir import check_format
 
 #: ``format`` of model.safetensors and model.json
@@ -36,34 +37,13 @@ META = "model.json"
 ONNX = "model.onnx"
 
 
-
-def timm_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """``model_kwargs`` with layer names resolved to timm layers (``"swish"`` → ``nn.SiLU``)."""
-    from timm.layers import get_act_layer, get_norm_layer
-
-    resolve = {"act_layer": get_act_layer, "norm_layer": get_norm_layer}
-    out = dict(model_kwargs)
-    for key in resolve:
-        if isinstance(out.get(key), str):
-            try:
-                out[key] = resolve[key](out[key])
-            except (KeyError, ValueError, AssertionError) as e:
-                raise dnax.ConfigError(f"model_kwargs.{key}: unknown timm layer {out[key]!r} "
-                                       f"({e})") from None
-    return out
-
-
 def build_model(arch_def: Sequence[Sequence[str]], num_classes: int,
                 model_kwargs: Mapping[str, Any], **overrides: Any) -> nn.Module:
-    """The timm ``EfficientNet`` of an arch def (``overrides``: drop_rate, drop_path_rate...)."""
-    from timm.models.efficientnet import EfficientNet, decode_arch_def
-
+    """The timm ``EfficientNet`` of an exported arch def; a bad one is an ArtifactError."""
     try:
-        block_args = decode_arch_def([list(stage) for stage in arch_def])
-    except Exception as e:
-        raise dnax.ArtifactError(f"arch_def: not a timm arch def ({e})") from None
-    return EfficientNet(block_args, num_classes=num_classes,
-                        **{**timm_kwargs(model_kwargs), **overrides})
+        return build_network(arch_def, num_classes, model_kwargs, **overrides)
+    except dnax.ConfigError as e:
+        raise dnax.ArtifactError(str(e)) from None
 
 
 def save_model(run_dir: dnax.RunDir, folder: str, model: nn.Module, meta: Mapping[str, Any]

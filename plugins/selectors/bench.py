@@ -1,14 +1,16 @@
-"""``dnax bench select``: time the exact selector on synthetic paper-sized tables (numpy only).
+"""``dnax bench select``: time the exact selector on synthetic paper-sized tables.
 
 The tables mimic the paper's space: 6 blocks of MBConv cells (kernel {3, 5, 7} x expansion
 {3, 6}, SE 0.25) with 288 / 1548 / 1548 / 2808 / 16848 / 6 candidates, about 2x10^17 networks.
 Each candidate's params and FLOPs are those of its layers at EfficientNet-B0 widths at 224 px
-(FLOPs = 2 per multiply-add); its score falls with its size plus seeded noise, as real rankings
-do, which makes the Pareto fronts realistic (not the tiny fronts of independent random scores).
+(FLOPs = 2 per multiply-add), measured once on the layers the network's builder makes; its
+score falls with its size plus seeded noise, as real rankings do, which makes the Pareto fronts
+realistic (not the tiny fronts of independent random scores).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -16,6 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+
+from dnax.plugins.costs.common import head_part, stem_part
+from dnax.plugins.toolkit.builder import build_layer, build_network
+from dnax.plugins.toolkit.training import count_flops
 
 from .pareto import solve
 
@@ -24,27 +31,38 @@ PAPER_DEPTHS = ((2, 2, 3), (2, 3, 4), (2, 3, 4), (3, 4, 4), (4, 5, 5), (1,))
 PAPER_SHAPES = ((16, 24, 2, 112), (24, 40, 2, 56), (40, 80, 2, 28), (80, 112, 1, 14),
                 (112, 192, 2, 14), (192, 320, 1, 7))
 OPS = tuple(itertools.product((3, 5, 7), (3, 6)))  # (kernel, expansion)
-#: stem (3x3 conv 3 -> 32, BN), the fixed depthwise stage (32 -> 16, SE 8), head (1x1 conv
-#: 320 -> 1280, BN, 1000-way classifier): parameters, and FLOPs at 224 px
-PAPER_FIXED = {
-    "params": (27 * 32 + 64) + (9 * 32 + 64 + 2 * 32 * 8 + 8 + 32 + 32 * 16 + 32)
-    + (320 * 1280 + 2560 + 1280 * 1000 + 1000),
-    "flops": 2 * ((27 * 32 + 9 * 32 + 32 * 16) * 112 ** 2 + 2 * 32 * 8
-                  + 320 * 1280 * 7 ** 2 + 1280 * 1000),
-}
+#: the metrics the synthetic tables hold
+METRICS = ("params", "flops")
+#: the paper network's fixed stem stage and whole-network arguments (EfficientNet-B0's)
+STEM_STAGE = ("ds_r1_k3_s1_e1_c16_se0.25",)
+MODEL_KWARGS = {"stem_size": 32, "num_features": 1280, "act_layer": "swish"}
 
 
+@functools.cache
 def _layer(in_chs: int, out_chs: int, k: int, e: int, stride: int, size: int
            ) -> tuple[int, int]:
-    """(params, FLOPs) of an MBConv layer as timm builds it (SE reduced from the input width)."""
-    mid = in_chs * e
-    rd = max(1, int(in_chs * 0.25))
-    out = math.ceil(size / stride)
-    params = (in_chs * mid + 2 * mid + k * k * mid + 2 * mid + 2 * mid * rd + rd + mid
-              + mid * out_chs + 2 * out_chs)
-    flops = 2 * (in_chs * mid * size ** 2 + k * k * mid * out ** 2 + 2 * mid * rd
-                 + mid * out_chs * out ** 2)
-    return params, flops
+    """(params, FLOPs) of an MBConv layer as the network's builder makes it, at ``size`` px."""
+    arch = f"ir_r1_k{k}_s{stride}_e{e}_c{out_chs}_se0.25"
+    layer, _ = build_layer(arch, in_chs, MODEL_KWARGS)
+    flops, _ = count_flops(layer.eval(), torch.zeros(1, in_chs, size, size))
+    return sum(p.numel() for p in layer.parameters()), flops
+
+
+@functools.cache
+def paper_fixed(num_classes: int = 1000, resolution: int = 224) -> dict[str, float]:
+    """Params and FLOPs of the paper network outside its searched stages (stem conv, the fixed
+    depthwise stage, head conv and classifier), measured on the network the builder makes."""
+    arch = [list(STEM_STAGE), *([f"ir_r1_k3_s{s}_e3_c{cout}_se0.25"]
+                                for _, cout, s, _ in PAPER_SHAPES)]
+    net = build_network(arch, num_classes, MODEL_KWARGS).eval()
+    searched = tuple(f"blocks.{i}." for i in range(1, len(net.blocks)))
+    params = sum(p.numel() for n, p in net.named_parameters() if not n.startswith(searched))
+    x = torch.zeros(1, 3, resolution, resolution)
+    stem, x = count_flops(stem_part(net, 1), x)
+    with torch.no_grad():
+        x = net.blocks[1:](x)
+    head, _ = count_flops(head_part(net), x)
+    return {"params": float(params), "flops": float(stem + head)}
 
 
 def synthetic_problem(seed: int = 0, depths: Sequence[Sequence[int]] = PAPER_DEPTHS,
@@ -79,7 +97,7 @@ def bench_select(metrics: Sequence[str] = ("params",), *, seed: int = 0, repeats
     fixed parts included), e.g. about 5.1 M params for ``tightness=0.5``.
     """
     scores, costs = synthetic_problem(seed)
-    fixed = np.array([PAPER_FIXED[m] for m in metrics], dtype=float)
+    fixed = np.array([paper_fixed()[m] for m in metrics], dtype=float)
     table = [np.stack([c[m] for m in metrics], axis=1) for c in costs]
     lo = sum(t.min(axis=0) for t in table) if metrics else np.zeros(0)
     hi = sum(t.max(axis=0) for t in table) if metrics else np.zeros(0)

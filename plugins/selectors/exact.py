@@ -77,11 +77,10 @@ class Exact(dnax.Selector):
     Config = ExactConfig
 
     @classmethod
-    def check(cls, config: ExactConfig, pipeline: Any) -> list[str]:
+    def check(cls, config: ExactConfig, pipeline: dnax.PipelineConfig, registry: Any
+              ) -> list[str]:
         """Every budget must name the metric of one of the pipeline's [[costs]] models."""
-        metrics = _pipeline_metrics(pipeline)
-        if metrics is None:  # a cost plugin unknown to the default registry: checked at run
-            return []
+        metrics = {registry.get("costs", sec.plugin).cls.metric for sec in pipeline.costs}
         return [f"budgets.{m}: no [[costs]] model measures '{m}' (configured: "
                 f"{', '.join(sorted(metrics)) or 'none'})"
                 for m in config.budgets if m not in metrics]
@@ -145,25 +144,6 @@ def _totals(rankings: Sequence[dnax.BlockRanking], fixed_costs: Mapping[str, flo
     return {m: float(f + sum(float(r.costs[m][i]) for r, i in zip(rankings, choice,
                                                                    strict=True)))
             for m, f in fixed_costs.items()}
-
-
-def _pipeline_metrics(pipeline: Any) -> set[str] | None:
-    """The metrics of the pipeline's [[costs]] models, found through their config classes
-    (``check`` gets no registry); None when one cannot be resolved."""
-    def subclasses(cls: type) -> list[type]:
-        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
-
-    by_config = {}
-    for cls in subclasses(dnax.CostModel):
-        if getattr(cls, "Config", None) is not None and cls.metric:
-            by_config.setdefault(cls.Config, set()).add(cls.metric)
-    metrics: set[str] = set()
-    for sec in getattr(pipeline, "costs", ()):
-        found = by_config.get(type(sec.config), set())
-        if len(found) != 1:
-            return None
-        metrics |= found
-    return metrics
 
 
 @dnax.hookimpl

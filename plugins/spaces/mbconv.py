@@ -11,11 +11,12 @@ from functools import cached_property
 from typing import Any, Literal, overload
 
 import attrs
-import torch
 from attrs import field, frozen
 from torch import nn
 
 import dnax
+from dnax.plugins.toolkit.builder import build_layer, decode, round_width
+from dnax.plugins.toolkit.supernet import BlockSupernet, Cell, adapter
 
 from .presets import PRESETS
 
@@ -104,39 +105,6 @@ class MBConvSpaceConfig:
         "help": "channels of the head conv before pooling"})
 
 
-def _round(chs: int) -> int:
-    from timm.models._efficientnet_builder import round_channels
-
-    return int(round_channels(chs))
-
-
-class Cell(nn.Module):
-    """One cell of a block supernet: ``exit(layers[n-1][o](... layers[0][o](enter(x))))``."""
-
-    def __init__(self, enter: nn.Module, layers: Sequence[Sequence[nn.Module]], exit: nn.Module):
-        super().__init__()
-        self.enter = enter
-        self.layers = nn.ModuleList(nn.ModuleList(ops) for ops in layers)
-        self.exit = exit
-
-    def forward(self, x: torch.Tensor, ops: Sequence[int]) -> torch.Tensor:
-        x = self.enter(x)
-        for layer, o in zip(self.layers, ops, strict=True):
-            x = layer[o](x)
-        return self.exit(x)
-
-
-class BlockSupernet(nn.Module):
-    """Every op of every layer of every cell of one block; ``forward(x, cell, ops)`` runs a path."""
-
-    def __init__(self, cells: Sequence[Cell]):
-        super().__init__()
-        self.cells = nn.ModuleList(cells)
-
-    def forward(self, x: torch.Tensor, cell: int, ops: Sequence[int]) -> torch.Tensor:
-        return self.cells[cell](x, ops)
-
-
 class Candidates(Sequence[dnax.Candidate]):
     """The candidates of one block, made on demand: cell by cell, ops in itertools.product order
     (first layer most significant)."""
@@ -194,7 +162,7 @@ class MBConvSpace(dnax.SearchSpace):
     Config = MBConvSpaceConfig
 
     @classmethod
-    def check(cls, config: MBConvSpaceConfig, pipeline: Any) -> list[str]:
+    def check(cls, config: MBConvSpaceConfig, pipeline: Any, registry: Any) -> list[str]:
         if config.preset == "custom" and not config.blocks:
             return ["blocks: required when preset = 'custom'"]
         return []
@@ -222,9 +190,7 @@ class MBConvSpace(dnax.SearchSpace):
     @cached_property
     def stem_width(self) -> int:
         """Output channels of the fixed stem stage (block 0's student input width)."""
-        from timm.models._efficientnet_builder import decode_arch_def
-
-        return _round(decode_arch_def([list(self.config.stem_stage)])[-1][-1]["out_chs"])
+        return round_width(decode([list(self.config.stem_stage)])[-1][-1]["out_chs"])
 
     def check_blocks(self, blocks: Sequence[dnax.BlockSpec]) -> None:
         """Refuse a teacher whose number of blocks differs from the space's."""
@@ -241,11 +207,11 @@ class MBConvSpace(dnax.SearchSpace):
     def widths(self, spec: dnax.BlockSpec) -> tuple[int, int]:
         """(student input width, student width) of ``spec``'s cells."""
         width = self._layout(spec)[0][1]
-        out = _round(width or spec.out_chs)
+        out = round_width(width or spec.out_chs)
         if spec.index == 0:
             return self.stem_width, out
         prev = self.layout[spec.index - 1][0][1]
-        return _round(prev or spec.in_chs), out
+        return round_width(prev or spec.in_chs), out
 
     def arch(self, spec: dnax.BlockSpec, layer: int, op: int) -> str:
         """The timm arch string of ``op`` at ``layer`` of a cell of ``spec``."""
@@ -277,21 +243,14 @@ class MBConvSpace(dnax.SearchSpace):
         for cell in self.cells(spec):
             layers = [[self.build_op(spec, j, o, in_w if j == 0 else out_w)
                        for o in range(len(self.op_choices))] for j in range(cell.depth)]
-            cells.append(Cell(_adapter(spec.in_chs, in_w), layers, _adapter(out_w, spec.out_chs)))
+            cells.append(Cell(adapter(spec.in_chs, in_w), layers, adapter(out_w, spec.out_chs)))
         net = BlockSupernet(cells)
         efficientnet_init_weights(net)
         return net
 
     def build_op(self, spec: dnax.BlockSpec, layer: int, op: int, in_chs: int) -> nn.Module:
-        """The timm block that decode_arch_def + EfficientNetBuilder make of one op's string,
-        built with the arguments timm's ``EfficientNet`` gives its builder."""
-        from timm.models._efficientnet_blocks import SqueezeExcite
-        from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
-
-        builder = EfficientNetBuilder(act_layer=self.config.act, norm_layer=nn.BatchNorm2d,
-                                      se_layer=SqueezeExcite)
-        stages = builder(in_chs, decode_arch_def([[self.arch(spec, layer, op)]]))
-        return stages[0][0]
+        """The timm block of one op's arch string, as the network's builder makes it."""
+        return build_layer(self.arch(spec, layer, op), in_chs, self.model_kwargs())[0]
 
     def arch_def(self, blocks: Sequence[dnax.BlockSpec], chosen: Sequence[dnax.Candidate]
                  ) -> list[list[str]]:
@@ -307,12 +266,6 @@ class MBConvSpace(dnax.SearchSpace):
         body.pop("blocks")
         body.pop("preset")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _adapter(in_chs: int, out_chs: int) -> nn.Module:
-    if in_chs == out_chs:
-        return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, bias=False), nn.BatchNorm2d(out_chs))
 
 
 @dnax.hookimpl

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import re
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
 import torch
-import torch.nn.functional as F
 from attrs import field, frozen
 
 import dnax
+from dnax.plugins.toolkit.builder import build_network
+from dnax.plugins.toolkit.training import (
+    EpochLoop,
+    amp_dtype,
+    autocast,
+    network_flops,
+    num_params,
+)
+from dnax.plugins.toolkit.training import evaluate as toolkit_evaluate
 
 from . import lite0
 
@@ -91,7 +101,7 @@ class EfficientNetTeacher(dnax.Teacher):
         self._blocks: dict[int, tuple[dnax.BlockSpec, ...]] = {}
 
     @classmethod
-    def check(cls, config: EfficientNetConfig, pipeline: Any) -> list[str]:
+    def check(cls, config: EfficientNetConfig, pipeline: Any, registry: Any) -> list[str]:
         problems = []
         s = config.stages
         if s and list(s) != list(range(s[0], s[0] + len(s))):
@@ -118,20 +128,14 @@ class EfficientNetTeacher(dnax.Teacher):
 
         c = self.config
         if c.arch_def:
-            from timm.models._efficientnet_builder import decode_arch_def, round_channels
-            from timm.models.efficientnet import EfficientNet
+            from timm.models._efficientnet_builder import round_channels
 
             round_chs = partial(round_channels, multiplier=c.channel_multiplier)
-            try:
-                return EfficientNet(decode_arch_def([list(s) for s in c.arch_def],
-                                                    c.depth_multiplier),
-                                    num_classes=num_classes, stem_size=c.stem_size,
-                                    num_features=round_chs(c.num_features),
-                                    act_layer=c.act_layer, round_chs_fn=round_chs,
-                                    drop_rate=c.drop_rate)
-            except Exception as e:
-                raise dnax.ConfigError(f"$.teacher.arch_def: timm cannot build it "
-                                       f"({type(e).__name__}: {e})") from None
+            return build_network(c.arch_def, num_classes, {
+                "stem_size": c.stem_size, "num_features": round_chs(c.num_features),
+                "act_layer": c.act_layer, "round_chs_fn": round_chs},
+                depth_multiplier=c.depth_multiplier, where="$.teacher.arch_def",
+                drop_rate=c.drop_rate)
         try:
             model = timm.create_model(c.model, pretrained=False, num_classes=num_classes,
                                       drop_rate=c.drop_rate)
@@ -191,7 +195,7 @@ class EfficientNetTeacher(dnax.Teacher):
         model = getattr(model, "module", model)
         stages = self.stage_indices(len(model.blocks))
         device = next(model.parameters()).device
-        with torch.no_grad(), _autocast(device, self.config.amp):
+        with torch.no_grad(), autocast(device, amp_dtype(device, self.config.amp)):
             feats = model.forward_intermediates(
                 images.to(device, non_blocking=True), intermediates_only=True,
                 extra_blocks=True, stop_early=True,
@@ -217,7 +221,7 @@ class EfficientNetTeacher(dnax.Teacher):
         path = self.source()
         if path is not None:
             model = self.load_file(path, num_classes).to(ctx.device).eval()
-            metrics = {"params": float(_params(model))}
+            metrics = {"params": float(num_params(model))}
             if self.config.evaluate:
                 metrics |= evaluate(ctx, model, self.config)
             weights = str(path.resolve())
@@ -335,25 +339,9 @@ def cached_pretrained(model: str, tag: str) -> Path:
 
 # --- training and evaluation ----------------------------------------------------------------
 
-def _autocast(device: torch.device | str, amp: bool) -> Any:
-    device = torch.device(device)
-    if not (amp and device.type == "cuda"):
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def _flops(ctx: dnax.StageContext, teacher: EfficientNetTeacher, num_classes: int) -> int:
     """FLOPs of one image at the pipeline's resolution (torch's flop counter, as the student's)."""
-    from dnax.plugins.costs.flops import count_flops
-
-    model = teacher.build_model(num_classes).eval()
-    image = torch.zeros(1, 3, ctx.resolution, ctx.resolution)
-    return count_flops(model, image)[0]
-
-
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return network_flops(teacher.build_model(num_classes), ctx.resolution)
 
 
 def _few(items: list[str], n: int = 5) -> str:
@@ -365,25 +353,12 @@ def evaluate(ctx: dnax.StageContext, model: torch.nn.Module, config: EfficientNe
              ) -> dict[str, float]:
     """top-1 / top-5 accuracy (%) and mean loss on the val split, summed over processes."""
     loader = ctx.loader("val", config.batch_size * 2)
-    model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # top1, top5, loss, count
-    with torch.no_grad():
-        for i, (x, y) in enumerate(loader):
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with _autocast(ctx.device, config.amp):
-                logits = model(x).float()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            sums += torch.stack([(top[:, 0] == y).sum().double(),
-                                 (top == y[:, None]).any(1).sum().double(),
-                                 F.cross_entropy(logits, y, reduction="sum").double(),
-                                 torch.tensor(len(y), dtype=torch.float64, device=ctx.device)])
-            ctx.progress("teacher val", i + 1, len(loader))
-    if ctx.dist.enabled:
-        torch.distributed.all_reduce(sums)
-    top1, top5, loss, n = sums.tolist()
-    if n == 0:
-        raise dnax.DataError(f"{ctx.plugins.data.__class__.__name__}: the val split is empty")
-    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "val_loss": loss / n}
+    try:
+        return toolkit_evaluate(model, loader, ctx.device, amp_dtype(ctx.device, config.amp),
+                                ctx.dist, lambda i, n: ctx.progress("teacher val", i, n))
+    except dnax.DataError:
+        raise dnax.DataError(f"{ctx.plugins.data.__class__.__name__}: the val split is "
+                             "empty") from None
 
 
 def train_teacher(ctx: dnax.StageContext, teacher: EfficientNetTeacher, num_classes: int
@@ -405,56 +380,19 @@ def train_teacher(ctx: dnax.StageContext, teacher: EfficientNetTeacher, num_clas
                                        updates_per_epoch=len(loader))
     criterion = (LabelSmoothingCrossEntropy(c.label_smoothing) if c.label_smoothing > 0
                  else torch.nn.CrossEntropyLoss())
-    scaler = torch.amp.GradScaler("cuda", enabled=c.amp and ctx.device.startswith("cuda")
-                                  and not torch.cuda.is_bf16_supported())
-    start, loss_avg, seconds = 0, math.nan, 0.0
-    state = ctx.run_dir.load_state(RESUME_FILE)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, loss_avg, seconds = state["epoch"], state["loss"], state["seconds"]
-        ctx.log(f"teacher: resuming after epoch {start}/{c.epochs}")
-    net = model
-    if ctx.dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.device(ctx.device)] if ctx.device.startswith("cuda") else None)
-    steps = len(loader)
-    every = max(1, steps // 20)
-    for epoch in range(start, c.epochs):
-        t0 = time.perf_counter()
-        torch.manual_seed(ctx.seed * 100_003 + epoch)  # augmentation and dropout, resumable
-        loader.generator.manual_seed(ctx.seed * 100_003 + epoch)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        net.train()
-        total, count = 0.0, 0
-        task = f"teacher epoch {epoch + 1}/{c.epochs}"
-        for i, (x, y) in enumerate(loader):
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            with _autocast(ctx.device, c.amp):
-                loss = criterion(net(x).float(), y)
-            if not torch.isfinite(loss):
-                raise dnax.DivergenceError(f"teacher training: loss is {loss.item()} in epoch "
-                                           f"{epoch + 1}, step {i + 1} (lower lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step_update(epoch * steps + i + 1)
-            total, count = total + loss.item() * len(y), count + len(y)
-            if (i + 1) % every == 0 or i + 1 == steps:
-                ctx.progress(task, i + 1, steps, loss=total / count)
-        scheduler.step(epoch + 1)
-        loss_avg, seconds = total / count, seconds + time.perf_counter() - t0
-        if ctx.dist.is_main:
-            ctx.run_dir.save_state(RESUME_FILE, {
-                "epoch": epoch + 1, "loss": loss_avg, "seconds": seconds,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict()})
-        ctx.log(f"{task}: loss {loss_avg:.4f}")
-    metrics = {"params": float(_params(model)), "epochs": float(c.epochs),
-               "train_loss": loss_avg, "train_seconds": seconds, **evaluate(ctx, model, c)}
+    fingerprint = hashlib.sha256(json.dumps(
+        [teacher.name, num_classes, attrs.asdict(c), ctx.dist.world_size], sort_keys=True,
+        default=str).encode()).hexdigest()[:16]
+    loop = EpochLoop(ctx, name="teacher", label="teacher training", model=model,
+                     optimizer=optimizer, scheduler=scheduler, loader=loader, epochs=c.epochs,
+                     step_loss=lambda net, x, y: criterion(net(x).float(), y),
+                     resume=RESUME_FILE, fingerprint=fingerprint, amp=c.amp,
+                     hint="; lower $.teacher.lr",
+                     resumed="teacher: resuming after epoch {epoch}/{epochs}")
+    run = loop.fit()
+    metrics = {"params": float(num_params(model)), "epochs": float(c.epochs),
+               "train_loss": run["history"][-1]["loss"] if run["history"] else math.nan,
+               "train_seconds": run["seconds"], **evaluate(ctx, model, c)}
     if ctx.dist.is_main:
         ctx.run_dir.save_tensors(TEACHER_FILE, model.state_dict(), kind="teacher", metadata={
             "model": teacher.name, "num_classes": str(num_classes),

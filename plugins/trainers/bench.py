@@ -3,8 +3,6 @@ beside its floor, and the official code's block-after-block schedule for the sam
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,27 +10,34 @@ import torch
 from torch import nn
 
 import dnax
+from dnax.plugins.toolkit.timing import median_ms
 
 from .distill import DistillConfig, DistillStep, PathSampler, feature_loss
 
 
-def _medians_ms(fns: dict[Any, Callable[[int], Any]], steps: int, warmup: int, device: str
-                ) -> dict[Any, float]:
-    """Median milliseconds of each function, run in turn within every step (interleaved), so
-    a machine whose load drifts during the run slows every measurement alike."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for t in range(warmup):
-        for fn in fns.values():
-            fn(t)
-    sync()
-    times: dict[Any, list[float]] = {k: [] for k in fns}
-    for t in range(warmup, warmup + steps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(t)
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+#: how :func:`teacher_network` made the weights of the network it returns
+UNTRAINED = "untrained (timing only)"
+PREPARED = "from the teacher's prepare() (timing only)"
+
+
+def teacher_network(teacher: dnax.Teacher, ctx: dnax.StageContext | None = None
+                    ) -> tuple[nn.Module, str]:
+    """The teacher network to time, and how its weights were made (:data:`UNTRAINED` or
+    :data:`PREPARED`); weights do not change a timing.
+
+    A teacher that offers ``build_model(num_classes)`` (an untrained network, as the built-in
+    ``efficientnet`` teacher does) is built that way, with no data and in no time. Any other
+    goes through the :class:`dnax.Teacher` interface: ``prepare(ctx)`` (which loads the
+    teacher's weights, or trains it on ``ctx``'s data) then ``load(ctx, result)``; ``ctx``
+    (give it a scratch run directory: prepare may write there) is then required."""
+    build = getattr(teacher, "build_model", None)
+    if callable(build):
+        return build(1000), UNTRAINED  # the classifier is never run: any class count will do
+    if ctx is None:
+        raise dnax.ConfigError(f"$.teacher: {type(teacher).__name__} has no build_model(); "
+                               "timing it needs a pipeline whose data its prepare() can use")
+    result = teacher.prepare(ctx)
+    return teacher.load(ctx, result), PREPARED
 
 
 def _prefix(teacher: dnax.Teacher, model: nn.Module, spec: dnax.BlockSpec
@@ -116,7 +121,8 @@ def bench_train(teacher: dnax.Teacher, model: nn.Module, space: dnax.SearchSpace
 
             fns[("official", i, c)] = official
 
-    ms = _medians_ms(fns, steps, warmup, device)
+    # interleaved: each measurement takes its turn within every step (see median_ms)
+    ms = {k: t.ms for k, t in median_ms(fns, repeats=steps, warmup=warmup, device=device).items()}
     step_ms, teacher_ms, student_ms = ms.pop("step"), ms.pop("teacher"), ms.pop("student")
     official_ms = sum(ms.values())  # one step of every cell, each after its teacher prefix
     floor_ms = teacher_ms + student_ms

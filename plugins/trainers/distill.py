@@ -7,7 +7,6 @@ import csv
 import hashlib
 import io
 import json
-import random
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -19,6 +18,15 @@ from attrs import field, frozen
 from torch import nn
 
 import dnax
+from dnax.plugins.toolkit.supernet import save_supernet
+from dnax.plugins.toolkit.training import (
+    amp_dtype,
+    autocast,
+    ddp,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 RESUME = "supernets/resume.pt"
 LOSSES = "supernets/losses.csv"
@@ -139,7 +147,7 @@ class DistillStep:
         self.teacher, self.model, self.blocks, self.config = teacher, model, blocks, config
         self.device = device
         cuda = device.startswith("cuda")
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp) if cuda else None
+        self.amp = amp_dtype(device, config.amp)
         self.memory = torch.channels_last if cuda and config.channels_last else None
         self.cells = [tuple(space.cells(b)) for b in blocks]
         self.supernets: list[nn.Module] = []
@@ -154,11 +162,8 @@ class DistillStep:
         if self.memory is not None:
             model.to(memory_format=self.memory)
         self.runners: list[nn.Module] = [CellsForward(n) for n in self.supernets]
-        if dist is not None and dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [torch.device(device).index] if cuda else None
-            self.runners = [DDP(r, device_ids=ids, find_unused_parameters=True)
+        if dist is not None:
+            self.runners = [ddp(r, device, dist, find_unused_parameters=True)
                             for r in self.runners]
         lrs = block_lrs(config.lr, len(blocks))
         self.optimizers = [create_optimizer_v2(n, opt=config.opt, lr=lr, eps=config.opt_eps,
@@ -170,8 +175,7 @@ class DistillStep:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp is torch.float16 else None
 
     def _autocast(self) -> Any:
-        dev = torch.device(self.device).type
-        return torch.autocast(dev, dtype=self.amp, enabled=self.amp is not None)
+        return autocast(self.device, self.amp)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's block inputs/outputs for ``images`` (one forward, no grad)."""
@@ -225,35 +229,6 @@ class DistillStep:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    out = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def seed_everything(seed: int) -> None:
-    """Seed the global torch, numpy and Python RNGs (data augmentation draws from them)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_tuples(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 def epoch_batches(n: int, batch: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1,
                   cap: int | None = None) -> list[list[int]]:
     """The index batches of this rank for ``epoch``: a seeded permutation, last partial batch
@@ -275,7 +250,7 @@ class Distill(dnax.BlockTrainer):
     Config = DistillConfig
 
     @classmethod
-    def check(cls, config: DistillConfig, pipeline: Any) -> list[str]:
+    def check(cls, config: DistillConfig, pipeline: Any, registry: Any) -> list[str]:
         from timm.optim import list_optimizers
 
         if config.opt.lower() not in list_optimizers():
@@ -389,10 +364,8 @@ class Distill(dnax.BlockTrainer):
                       gstep: int) -> None:
         if ctx.dist.is_main:
             for b, net in zip(blocks, step.supernets, strict=True):
-                ctx.run_dir.save_tensors(_block_path(b), net.state_dict(), kind="supernet",
-                                         metadata={"block": json.dumps(attrs.asdict(b)),
-                                                   "space_hash": space_hash,
-                                                   "epoch": str(epoch), "step": str(gstep)})
+                save_supernet(ctx.run_dir, _block_path(b), net, b, space_hash,
+                              epoch=str(epoch), step=str(gstep))
         ctx.dist.barrier()
 
     def _report(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],

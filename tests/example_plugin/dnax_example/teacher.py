@@ -25,6 +25,9 @@ class TinyCNNConfig:
     batch_size: int = field(default=64, validator=dnax.positive, metadata={"help": "batch size"})
     weights: Path | None = field(default=None, validator=dnax.existing_path,
                                  metadata={"help": "trained weights (safetensors)"})
+    stem_stride: int = field(default=1, validator=dnax.positive, metadata={
+        "help": "stride of the stem; 2 halves the input as the stem of the network the convs "
+                "space builds does (timm's), so that network's blocks see the teacher's sizes"})
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -33,9 +36,9 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class TinyCNN(nn.Module):
-    def __init__(self, widths: tuple[int, ...], num_classes: int):
+    def __init__(self, widths: tuple[int, ...], num_classes: int, stem_stride: int = 1):
         super().__init__()
-        self.stem = _conv(3, widths[0], 1)
+        self.stem = _conv(3, widths[0], stem_stride)
         self.stages = nn.ModuleList(
             _conv(cin, cout, 1 if i == 0 else 2)
             for i, (cin, cout) in enumerate(zip((widths[0], *widths), widths, strict=False)))
@@ -59,8 +62,11 @@ class TinyCNNTeacher(dnax.Teacher):
 
     Config = TinyCNNConfig
 
+    def _network(self, num_classes: int) -> TinyCNN:
+        return TinyCNN(self.config.widths, num_classes, self.config.stem_stride)
+
     def blocks(self, resolution: int) -> tuple[dnax.BlockSpec, ...]:
-        model = TinyCNN(self.config.widths, 2).eval()
+        model = self._network(2).eval()
         with torch.no_grad():
             feats = model.features(torch.zeros(1, 3, resolution, resolution))
         return tuple(
@@ -73,7 +79,7 @@ class TinyCNNTeacher(dnax.Teacher):
 
     def prepare(self, ctx: dnax.StageContext) -> dnax.TeacherResult:
         num_classes = ctx.plugins.data.num_classes
-        model = TinyCNN(self.config.widths, num_classes).to(ctx.device)
+        model = self._network(num_classes).to(ctx.device)
         weights = self.config.weights
         if weights is None:
             self._fit(ctx, model)
@@ -113,7 +119,7 @@ class TinyCNNTeacher(dnax.Teacher):
         return right / max(total, 1)
 
     def load(self, ctx: dnax.StageContext, result: dnax.TeacherResult) -> nn.Module:
-        model = TinyCNN(self.config.widths, result.num_classes)
+        model = self._network(result.num_classes)
         path = Path(result.weights)
         tensors, _ = dnax.load_safetensors(path if path.is_absolute()
                                            else ctx.run_dir.path(result.weights))
