@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import numpy as np
 import typer
+from typer.core import TyperGroup
 
 import dnax
 from dnax.cli import render
@@ -18,7 +20,54 @@ from dnax.cli.bench import bench_app
 from dnax.cli.common import err, out, print_json, user_errors
 from dnax.registry import get_registry
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+
+class DnaxGroup(TyperGroup):
+    """The root ``dnax`` command: the built-in commands, then those plugins add through the
+    ``dnax_register_commands`` hook. Plugins are loaded only when a name that is not built in is
+    asked for or the list is shown (``--help``), so built-in commands never wait for them."""
+
+    _plugins_loaded = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and not self._plugins_loaded:
+            self.load_plugin_commands()
+            cmd = super().get_command(ctx, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def load_plugin_commands(self) -> None:
+        if not self._plugins_loaded:
+            self._plugins_loaded = True
+            add_plugin_commands(self, get_registry())
+
+
+def add_plugin_commands(group: click.Group, registry: Any) -> None:
+    """Call every plugin's ``dnax_register_commands`` with a typer app of its own and add the
+    commands it ends up with to ``group``. A plugin that raises or takes a name already in
+    ``group`` is reported (``registry.failures`` and a warning on stderr) and none of its
+    commands are added; the others still are."""
+    for name, call in registry.implementations("dnax_register_commands"):
+        staging = typer.Typer()
+        try:
+            call(cli=staging)
+            commands = (typer.main.get_group(staging).commands
+                        if staging.registered_commands or staging.registered_groups else {})
+            taken = sorted(set(commands) & set(group.commands))
+            if taken:
+                raise dnax.PluginError(f"command {', '.join(map(repr, taken))} is already a "
+                                       "dnax command")
+        except Exception as e:
+            err.print(f"warning: {registry.report(name, e)}", markup=False)
+            continue
+        for cmd_name, cmd in commands.items():
+            group.add_command(cmd, cmd_name)
+
+
+app = typer.Typer(cls=DnaxGroup, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   add_completion=False, help="Block-wisely supervised NAS with knowledge "
                   "distillation (DNA).")
 app.add_typer(bench_app, name="bench")

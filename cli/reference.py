@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from dnax.config import PipelineSettings
+from dnax.interfaces import PLUGIN_KINDS
 
 HEADER = """# Configuration reference
 
@@ -19,14 +20,6 @@ edit by hand (a test fails when this file is stale). A pipeline is a TOML file w
 interface: `plugin = "name"` plus that plugin's keys below. Relative paths resolve against the
 TOML file's folder. Unknown keys are refused.
 """
-
-_KIND_TITLES = {
-    "data": "[data]: data sources", "teacher": "[teacher]: teachers",
-    "space": "[space]: search spaces", "trainer": "[trainer]: block trainers",
-    "evaluator": "[evaluator]: evaluators", "costs": "[[costs]]: cost models",
-    "selector": "[selector]: selectors", "retrainer": "[retrainer]: retrainers",
-}
-
 
 def type_name(t: Any) -> str:
     """A short readable name for a config field's type."""
@@ -89,7 +82,7 @@ def config_reference(registry: Any) -> str:
     """Markdown for every built-in plugin's keys (third-party plugins are left out)."""
     out = [HEADER, "## [pipeline]", "", "Settings every stage shares.", "",
            *config_table(PipelineSettings), ""]
-    for kind, title in _KIND_TITLES.items():
+    for kind, title in ((k.name, f"{k.header}: {k.title}") for k in PLUGIN_KINDS):
         entries = [e for e in registry.tables[kind].values() if e.origin.distribution == "dnax"]
         if not entries:
             continue
@@ -107,10 +100,15 @@ when this file is stale, and another when a hook is never called). Implement any
 `@dnax.hookimpl` in a module named by your package's `dnax` entry point (see plugins.md).
 """
 
+#: the hooks the CLI calls (the others are the registry's, the runner's and the plugins')
+_CLI_HOOKS = ("dnax_register_commands",)
 _HOOK_GROUPS = (
     ("Registration", "dnax_register_", "Each is called once when the registry is built; call "
      "`register(name, cls, config_cls=None)` once per component."),
-    ("Lifecycle", "", "Called on rank 0 while a pipeline runs; return values are ignored."),
+    ("Command line", "dnax_register_commands", "Called by the `dnax` command line, each "
+     "plugin on its own; a failing plugin is reported, never fatal."),
+    ("Lifecycle", "", "Fired on rank 0 while a pipeline runs, by the runner or by the plugins "
+     "themselves (each hook says which); return values are ignored."),
     ("Services", "dnax_load_model", "`firstresult`: the first plugin that returns something "
      "other than None answers."),
 )
@@ -133,7 +131,9 @@ def hooks_reference() -> str:
     names = hook_names()
     groups: dict[str, list[str]] = {title: [] for title, _, _ in _HOOK_GROUPS}
     for name in names:
-        if name.startswith("dnax_register_"):
+        if name in _CLI_HOOKS:
+            groups["Command line"].append(name)
+        elif name.startswith("dnax_register_"):
             groups["Registration"].append(name)
         elif getattr(hookspecs, name).dnax_spec.get("firstresult"):
             groups["Services"].append(name)

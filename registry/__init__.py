@@ -3,6 +3,8 @@
 Filled from the built-in plugins (``dnax.plugins``) and from every module listed under the
 entry-point group ``dnax``, each loaded in its own try/except so that one broken plugin is
 reported and does not stop the others. ``DNAX_DISABLE_PLUGIN_AUTOLOAD=1`` skips entry points.
+Hooks that others call one plugin at a time (the CLI's ``dnax_register_commands``) report a
+plugin's failure the same way: :meth:`Registry.implementations` and :meth:`Registry.report`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib.metadata as md
 import inspect
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -22,22 +24,11 @@ from attrs import frozen
 
 from dnax import hookspecs
 from dnax.errors import PluginError
-from dnax.interfaces import KINDS
+from dnax.interfaces import KIND, PLUGIN_KINDS
 
 ENTRY_POINT_GROUP = "dnax"
 DISABLE_ENV = "DNAX_DISABLE_PLUGIN_AUTOLOAD"
 
-#: registration hook of each kind
-HOOKS = {
-    "data": "dnax_register_data",
-    "teacher": "dnax_register_teachers",
-    "space": "dnax_register_spaces",
-    "trainer": "dnax_register_trainers",
-    "evaluator": "dnax_register_evaluators",
-    "costs": "dnax_register_costs",
-    "selector": "dnax_register_selectors",
-    "retrainer": "dnax_register_retrainers",
-}
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -83,7 +74,7 @@ class Registry:
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm
-        self.tables: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.tables: dict[str, dict[str, Entry]] = {k.name: {} for k in PLUGIN_KINDS}
         self.failures: list[PluginFailure] = []
         self._origins: dict[str, Origin] = {}
         self._strict: dict[str, bool] = {}  # errors of built-in/explicit plugins raise
@@ -144,7 +135,7 @@ class Registry:
         self._strict[key] = strict
 
     def _collect(self) -> None:
-        for kind, hookname in HOOKS.items():
+        for kind, hookname in ((k.name, k.hook) for k in PLUGIN_KINDS):
             for impl in getattr(self.pm.hook, hookname).get_hookimpls():
                 origin = self._origins[impl.plugin_name]
                 strict = self._strict[impl.plugin_name]
@@ -166,13 +157,13 @@ class Registry:
         where = f"{kind} '{name}' from {origin}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise PluginError(f"{where}: name must match {_NAME.pattern}")
-        base = KINDS[kind]
+        base = KIND[kind].interface
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"{where}: {cls!r} is not a subclass of dnax.{base.__name__}")
         if inspect.isabstract(cls):
             missing = ", ".join(sorted(cls.__abstractmethods__))
             raise PluginError(f"{where}: {cls.__name__} does not implement {missing}")
-        config_cls = config_cls or getattr(cls, "Config", None)
+        config_cls = config_cls or cls.Config
         if config_cls is None or not attrs.has(config_cls):
             raise PluginError(f"{where}: needs an attrs config class (pass config_cls or set "
                               f"{cls.__name__}.Config)")
@@ -181,6 +172,31 @@ class Registry:
             raise PluginError(f"{kind} '{name}' is registered twice: by {table[name].origin} "
                               f"and by {origin}")
         table[name] = Entry(kind, name, cls, config_cls, origin)
+
+    # --- hooks called one plugin at a time -----------------------------------------------
+
+    def implementations(self, hookname: str) -> list[tuple[str, Callable[..., Any]]]:
+        """``(plugin name, call)`` for every implementation of ``hookname``, in the order the
+        plugins were registered. ``call(**kwargs)`` passes an implementation the arguments it
+        declares; run each in its own ``try`` and hand what it raises to :meth:`report`, so
+        that one broken plugin does not stop the others (as the registration hooks are run)."""
+        out = []
+        for impl in getattr(self.pm.hook, hookname).get_hookimpls():
+            def call(_impl: Any = impl, **kwargs: Any) -> Any:
+                return _impl.function(**{k: kwargs[k] for k in _impl.argnames})
+            out.append((impl.plugin_name, call))
+        return out
+
+    def report(self, plugin_name: str, error: BaseException) -> PluginFailure:
+        """Record that plugin ``plugin_name`` failed with ``error`` in :attr:`failures` and
+        return the record; a built-in or explicitly passed plugin's error is raised instead."""
+        if self._strict.get(plugin_name, True):
+            raise error
+        origin = self._origins[plugin_name]
+        failure = PluginFailure(plugin_name, origin.distribution, _first_line(error))
+        if failure not in self.failures:  # a hook called again fails again: recorded once
+            self.failures.append(failure)
+        return failure
 
     # --- lookup --------------------------------------------------------------------------
 

@@ -119,3 +119,42 @@ def test_a_type_error_does_not_hide_a_failed_check_in_the_same_table(registry, t
         "$.pipeline.seed: must be >= 0, got -1",
         "$.pipeline.threads: must be >= 0, got -2",
     ]
+
+
+def test_paths_hold_whatever_keys_and_values_hold(registry, tmp_path):
+    """A key or a value holding `` @ $`` (the separator of cattrs' messages) keeps its path."""
+    problems = _problems(registry, BASE + '[trainer]\nplugin = "standin"\n"a @ $.b" = 1\n'
+                         '[evaluator]\nplugin = "standin"\n[selector]\nplugin = "standin"\n'
+                         'budgets = {"x @ $.y" = "z @ $.w"}\n', tmp_path)
+    assert sorted(problems) == sorted([
+        '$.trainer."a @ $.b": unknown key',
+        "$.selector.budgets['x @ $.y']: expected float, got \"z @ $.w\"",
+    ])
+
+
+def test_check_gets_the_pipeline_and_the_registry(registry, tmp_path):
+    """A plugin's ``check`` runs once everything converted, with the registry that loaded it."""
+    from standins import StandinParams
+
+    seen = []
+
+    class Checked(StandinParams):
+        @classmethod
+        def check(cls, config, pipeline, registry):
+            seen.append((pipeline.sections["trainer"].plugin, registry))
+            return [f"base: {config.base} is not allowed"]
+
+    class Plugin:
+        @dnax.hookimpl
+        def dnax_register_costs(self, register):
+            register("checked", Checked)
+
+    from dnax.registry import Registry
+
+    reg = Registry.create(builtins=False, entry_points=False,
+                          plugins=[*registry.pm.get_plugins(), Plugin()])
+    problems = _problems(reg, BASE + '[trainer]\nplugin = "standin"\n'
+                         '[[costs]]\nplugin = "checked"\nbase = 2.0\n', tmp_path)
+    assert problems == ["$.costs: base: 2.0 is not allowed"]
+    assert seen == [("standin", reg)]
+    assert dnax.Plugin.check(None, None, reg) == [] and dnax.Plugin.Config is None

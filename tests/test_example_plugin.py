@@ -66,3 +66,43 @@ def test_dnax_run_uses_it(site, tmp_path):
     assert [len(r.candidates) for r in run.rankings()] == [4, 4]
     assert all(s.startswith("cn_") for stage in run.selection.arch_def[1:] for s in stage)
     assert run.selection.costs["params"] > 0
+
+
+def test_its_command_is_a_dnax_command(site, tmp_path):
+    res = _dnax(site, "--help", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "example-hello" in res.stdout and "Say hello" in res.stdout
+    res = _dnax(site, "example-hello", "--name", "tester", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("hello tester, from dnax-example")
+    assert "warning" not in res.stderr
+
+
+def test_bench_train_and_profile_time_its_teacher_and_space(site, tmp_path):
+    """bench.toml: the example's teacher and space, tiny; neither is built into dnax."""
+    toml = ROOT / "bench.toml"
+    res = _dnax(site, "bench", "train", str(toml), "--batch-size", "4", "--steps", "2",
+                "--warmup", "1", "--threads", "1", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)
+    assert report["bench"] == "train" and report["arguments"]["resolution"] == 32
+    assert report["details"]["blocks"] == 2 and report["details"]["cells"] == 2
+    # tinycnn has no build_model(): it is prepared (trained) through the Teacher interface
+    assert report["details"]["teacher_weights"].startswith("from the teacher's prepare()")
+    assert report["details"]["official_prefix"] == "full-teacher"
+    assert all(v > 0 for v in report["figures"].values())
+    assert list(tmp_path.iterdir()) == []  # no --output: no file
+
+    out = tmp_path / "latency.json"
+    res = _dnax(site, "profile", str(toml), "-o", str(out), "--repeats", "2", "--warmup", "1",
+                "--check", "3", "--threads", "1", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    assert summary["table"] == str(out) and summary["resolution"] == 32
+    assert summary["ops"] == 8  # 2 blocks x 2 layers x kernels {3, 5}
+    assert {k.split(":", 1)[0] for k in summary["fixed"]} == {"stem", "head"}
+    networks = summary["check"]["networks"]
+    assert len(networks) == 3
+    assert all(n["predicted_ms"] > 0 and n["measured_ms"] > 0 for n in networks)
+    ops = json.loads(out.read_text())["devices"][summary["device"]]["ops"]
+    assert len(ops) == 8 and all(key.startswith("cn_") for key in ops)  # the space's own ops

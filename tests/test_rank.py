@@ -23,6 +23,7 @@ from dnax.plugins.evaluators.tree import (
     shard_prefixes,
     walk_cell,
 )
+from dnax.plugins.toolkit.supernet import load_supernet
 
 # --- a small supernet that follows the contract -------------------------------------------------
 
@@ -384,7 +385,7 @@ def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
     # stored in space.candidates' order: the plain loop over each cell gives the same numbers
     ev, spec = ctx.plugins.evaluator, ctx.results["teacher"].blocks[1]
     inputs, targets, _ = ev._features(ctx, ctx.results["teacher"], 2)
-    net = ev._supernet(ctx, spec, "supernets/block1.safetensors", "test-space")
+    net = load_supernet(ctx, "supernets/block1.safetensors", spec)
     groups, w = make_groups(inputs[1], targets[1], recal="same"), score_weights(targets[1])
     plain = torch.cat([plain_cell(net, c, groups, w) for c in range(len(net.cells))])
     saved = ctx.run_dir.load_ranking(result.blocks[1]).scores

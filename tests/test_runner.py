@@ -244,3 +244,16 @@ def test_stage_context_calls_one_plugin_outside_the_runner(registry, pipeline, t
     assert result == run.results["retrain"]
     fresh = dnax.stage_context(pipeline, tmp_path / "empty", "teacher", registry=registry)
     assert fresh.results == {}
+
+
+def test_every_plugin_kind_is_hashed_into_one_stage():
+    """Each kind's table feeds exactly one stage's hash, and a stage's own kind feeds its own."""
+    from dnax.interfaces import PLUGIN_KINDS
+    from dnax.runner import STAGES
+
+    for kind in PLUGIN_KINDS:
+        assert len([s for s in STAGES if kind.name in s.tables]) == 1, kind.name
+    assert [k.stage for k in PLUGIN_KINDS if k.stage] == [s.name for s in STAGES]
+    for kind in PLUGIN_KINDS:
+        if kind.stage:
+            assert kind.name in next(s for s in STAGES if s.name == kind.stage).tables

@@ -130,12 +130,12 @@ def test_custom_arch_def_and_chosen_stages():
 
 def test_check_reports_config_problems():
     check = EfficientNetTeacher.check
-    assert check(EfficientNetConfig(), None) == []
-    assert any("consecutive" in p for p in check(EfficientNetConfig(stages=(1, 3)), None))
+    assert check(EfficientNetConfig(), None, None) == []
+    assert any("consecutive" in p for p in check(EfficientNetConfig(stages=(1, 3)), None, None))
     assert any("efficientnet_lite0" in p
-               for p in check(EfficientNetConfig(pretrained_tag="pypi"), None))
+               for p in check(EfficientNetConfig(pretrained_tag="pypi"), None, None))
     assert check(EfficientNetConfig(model="tf_efficientnet_lite0", pretrained_tag="pypi"),
-                 None) == []
+                 None, None) == []
 
 
 def test_unknown_or_foreign_timm_model_is_a_config_error():

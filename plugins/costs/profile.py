@@ -6,17 +6,17 @@ times them end to end the same way and compares with the table's prediction. Not
 prints: progress goes through the registry's ``dnax_progress`` hook.
 
 Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls of the module in
-eval mode under ``torch.inference_mode``: on CUDA with ``torch.cuda.Event`` pairs, elsewhere with
-``time.perf_counter`` around a synchronised call.
+eval mode under ``torch.inference_mode``, by :mod:`dnax.plugins.toolkit.timing`: on CUDA with
+``torch.cuda.Event`` pairs, elsewhere with ``time.perf_counter`` around a synchronised call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,13 @@ import numpy as np
 import timm
 import torch
 from attrs import frozen
+from scipy import stats
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 import dnax
 from dnax.config import load_config
+from dnax.plugins.toolkit.timing import time_once
 from dnax.rundir import atomic_write_text
 
 from .common import LayerSig, head_part, searched_stages, stem_part
@@ -83,39 +85,14 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type != "cpu" and hasattr(torch, "accelerator"):
-        torch.accelerator.synchronize()
-
-
 def time_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, repeats: int,
               warmup: int) -> tuple[float, Any]:
     """The median milliseconds of ``fn(x)`` over ``repeats`` timed calls after ``warmup``
-    untimed ones, and its output."""
-    device = x.device
-    times = []
-    on = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with on, torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        _sync(device)
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                y = fn(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                y = fn(x)
-                _sync(device)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times)), y
+    untimed ones (:func:`dnax.plugins.toolkit.timing.median_ms`, under inference mode), and
+    its output."""
+    with torch.inference_mode():
+        t = time_once(lambda: fn(x), repeats=repeats, warmup=warmup, device=x.device)
+    return float(t.ms), t.output
 
 
 # --- profiling -------------------------------------------------------------------------------
@@ -241,30 +218,22 @@ class CheckResult:
         return kendall(self.predicted, self.measured)
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """0-based ranks, ties sharing their average rank."""
-    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts
-    return (first + (counts - 1) / 2.0)[inv]
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (ties: average ranks); NaN when either side is constant."""
-    rx, ry = _ranks(np.asarray(x, float)), _ranks(np.asarray(y, float))
-    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+    if len(x) < 2:
         return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(x, y).statistic)
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b (ties corrected); NaN when either side is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    nx, ny = np.count_nonzero(sx), np.count_nonzero(sy)
-    if nx == 0 or ny == 0:
+    if len(x) < 2:
         return float("nan")
-    return float((sx * sy).sum() / np.sqrt(float(nx) * float(ny)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
 def _sample(rng: np.random.Generator, cells: Sequence[dnax.CellSpec]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from dnax.plugins.toolkit.builder import build_layer
 from dnax.plugins.toolkit.supernet import BlockSupernet, Cell, adapter
+from dnax.plugins.toolkit.timing import time_once
 
 from .tree import make_groups, plain_cell, score_weights, walk_cell
 
@@ -73,11 +73,8 @@ def _bench(depth: int, ops: int, batch_size: int, batches: int, size: int, recal
     weights = score_weights(ts)
 
     def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-        _sync(dev)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(dev)
-        return time.perf_counter() - t0, out
+        t = time_once(fn, device=dev)  # one synchronised call
+        return t.ms / 1e3, t.output
 
     walk_cell(net.cells[0], groups[:1], weights, prefixes=[(0,) * depth], amp=amp)  # warm-up
     if progress:
@@ -93,8 +90,3 @@ def _bench(depth: int, ops: int, batch_size: int, batches: int, size: int, recal
         "threads": torch.get_num_threads(), "tree_s": tree_s, "plain_s": plain_s,
         "speedup": plain_s / tree_s, "max_rel_diff": rel,
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

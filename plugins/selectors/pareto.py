@@ -32,7 +32,7 @@ nothing is merged after it; the ``top_k`` best are among them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,20 @@ class Solution:
     #: candidates per block left after pruning, and the largest intermediate set merged
     kept: tuple[int, ...]
     largest: int
+    #: whether ``top`` is proven best; otherwise ``lower_bound`` bounds the best score
+    optimal: bool = True
+    lower_bound: float | None = None
+    #: "pareto" (front merge, one or two budgets: the front is complete) or "core"
+    #: (Lagrangian core, three or more: the front holds the top networks only)
+    method: str = "pareto"
+
+    @property
+    def gap(self) -> float:
+        """Proven relative optimality gap of the best network (0 when optimal)."""
+        if self.optimal or self.lower_bound is None:
+            return 0.0
+        best = self.top[0].score
+        return float((best - self.lower_bound) / max(abs(best), 1e-12))
 
     @property
     def front(self) -> tuple[Network, ...]:
@@ -73,13 +87,20 @@ class Solution:
 
 def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Sequence[float],
           *, top_k: int = 1, names: Sequence[str] | None = None,
-          fixed: Sequence[float] | None = None) -> Solution:
+          fixed: Sequence[float] | None = None, time_limit: float | None = None,
+          progress: Callable[[str, float], None] | None = None) -> Solution:
     """The ``top_k`` best networks and the Pareto front of those within ``budgets``.
 
     ``scores[i]`` has one entry per candidate of block ``i``; ``costs[i]`` has shape
     ``(candidates, len(budgets))``. Candidates with a non-finite score or cost are skipped.
     ``names`` and ``fixed`` (per metric) only make the :class:`NoFeasibleNetworkError` readable:
     budgets are compared with the summed block costs, so pass them with ``fixed`` subtracted.
+
+    With one or two budgets the front merge solves it (the front is complete); with three or
+    more, :func:`dnax.plugins.selectors.core.solve_core` (the front then holds the top
+    networks' non-dominated ones). ``time_limit`` (seconds) and ``progress`` apply to the
+    latter: past the limit it returns the best networks found, ``optimal=False``, and the proven
+    ``lower_bound``.
     """
     budgets = np.asarray(budgets, dtype=np.float64).reshape(-1)
     m = budgets.size
@@ -104,6 +125,8 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
             f"no network fits {names[j]} <= {_num(budgets[j] + fixed_arr[j])}: the cheapest "
             f"costs {_num(cheapest[j] + fixed_arr[j])}" for j in over))
 
+    if m >= 3:
+        return _solve_core(blocks, budgets, top_k, names, fixed_arr, time_limit, progress)
     front = _merge(blocks, mins, budgets, 1, np.inf, np.zeros(m))
     if front is None:
         raise NoFeasibleNetworkError(_joint_message(blocks, names, budgets, fixed_arr))
@@ -123,6 +146,34 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
             *(tC[:, j] for j in range(m - 1, -1, -1)), tS]
     top = tuple(_network(tch[i], tS[i], tC[i]) for i in np.lexsort(keys)[:top_k])
     return Solution(top, choices, S, C, kept, largest)
+
+
+def _solve_core(blocks: list[Block], budgets: np.ndarray, top_k: int, names: list[str],
+                fixed: np.ndarray, time_limit: float | None,
+                progress: Callable[[str, float], None] | None) -> Solution:
+    from .core import solve_core
+
+    try:
+        res = solve_core([s for s, _, _ in blocks], [c for _, c, _ in blocks], budgets,
+                         top_k=top_k, time_limit=time_limit, progress=progress)
+    except NoFeasibleNetworkError as e:
+        if "time limit" in str(e):
+            raise
+        raise NoFeasibleNetworkError(_joint_message(blocks, names, budgets, fixed)) from None
+    idx = [ok for _, _, ok in blocks]
+    choices = np.array([[idx[b][j] for b, j in enumerate(row)] for row in res.choices],
+                       dtype=np.int64).reshape(len(res.scores), len(blocks))
+    top = tuple(_network(c, s, k) for c, s, k in zip(choices, res.scores, res.costs,
+                                                      strict=True))
+    points = np.column_stack([res.scores, res.costs])
+    undominated = np.array([not any((q <= p).all() and (q < p).any() for q in points)
+                            for p in points], dtype=bool)
+    by_cost = np.lexsort((res.scores[undominated],
+                          *(res.costs[undominated][:, j] for j in range(budgets.size - 1, -1,
+                                                                        -1))))
+    return Solution(top, choices[undominated][by_cost], res.scores[undominated][by_cost],
+                    res.costs[undominated][by_cost], res.core, res.largest,
+                    optimal=res.optimal, lower_bound=res.lower_bound, method="core")
 
 
 @dataclass(frozen=True)

@@ -6,4 +6,5 @@
   ``load_supernet``, which write and check what an evaluator needs.
 * :mod:`.training`: autocast, loss scaling with clipping, top-k evaluation, FLOP counting, RNG
   snapshots, DDP wrapping and one resumable epoch loop.
+* :mod:`.timing`: median times of interleaved calls (CUDA events on a GPU).
 """

@@ -14,7 +14,6 @@ from dnax.plugins.toolkit.timing import median_ms
 
 from .distill import DistillConfig, DistillStep, PathSampler, feature_loss
 
-
 #: how :func:`teacher_network` made the weights of the network it returns
 UNTRAINED = "untrained (timing only)"
 PREPARED = "from the teacher's prepare() (timing only)"
