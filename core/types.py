@@ -169,6 +169,10 @@ class Selection:
     score: float
     costs: dict[str, float]
     budgets: dict[str, float] = field(factory=dict)
+    #: False when the selector stopped (e.g. at its time limit) before proving ``score`` best;
+    #: ``gap`` is then the proven relative optimality gap (score - lower bound) / |score|
+    optimal: bool = True
+    gap: float = 0.0
     #: filled by the runner from the search space: the whole network's timm arch def and the
     #: other ``timm.models.efficientnet.EfficientNet`` arguments (stem_size, num_features, ...)
     arch_def: tuple[tuple[str, ...], ...] = ()

@@ -125,6 +125,23 @@ def test_select_json_to_stdout_and_no_file_without_output(tmp_path, monkeypatch)
     assert goal["goal"] == "< 100 ms" and goal["met"] == (goal["value"] < 0.1)
 
 
+def test_select_three_budgets_family_checked_against_highs(tmp_path):
+    """Two instances with params, FLOPs and latency budgets: medians and max of the family,
+    every best score checked against HiGHS, the goals of three budgets."""
+    table, report = _invoke(["select", "--metrics", "params,flops,latency", "--seeds", "2",
+                             "--tightness", "0.3", "--repeats", "1", "--check", "-o",
+                             str(tmp_path / "s.json")])
+    runs = report["details"]["runs"]
+    assert [(r["seed"], r["tightness"]) for r in runs] == [(0, 0.3), (1, 0.3)]
+    assert all(r["matches_highs"] and r["optimal"] and r["method"] == "core" for r in runs)
+    assert all(abs(r["score"] - r["highs_score"]) <= 1e-9 * abs(r["highs_score"]) for r in runs)
+    assert report["figures"]["max_seconds"] == max(r["seconds"] for r in runs)
+    assert report["goals"]["seconds"]["goal"] == "< 1000 ms"
+    assert report["goals"]["max_seconds"]["goal"] == "< 5000 ms"
+    assert _cell(table, "best score equal to HiGHS (1e-9 relative)") == "2 of 2"
+    assert _cell(table, "proven optimal") == "2 of 2"
+
+
 def test_select_table(tmp_path):
     table, report = _invoke(["select", "--repeats", "1", "-o", str(tmp_path / "s.json")])
     ms = report["figures"]["seconds"] * 1e3
@@ -145,7 +162,7 @@ def _row(table: str, label: str) -> str:
 
 
 @pytest.mark.parametrize("args, field", [
-    (["select", "--metrics", "latency"], "--metrics"),
+    (["select", "--metrics", "energy"], "--metrics"),
     (["select", "--tightness", "2"], "--tightness"),
     (["rank", "--recal", "sometimes"], "--recal"),
     (["rank", "--ops", "16"], "--ops"),

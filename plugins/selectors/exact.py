@@ -34,6 +34,9 @@ class ExactConfig:
         "help": "best networks stored in selection/top.json"})
     normalise: Normalise = field(default="none", metadata={
         "help": "per-block rescaling of scores before summing: none, minmax, zscore, rank"})
+    time_limit: float = field(default=60.0, validator=dnax.positive, metadata={
+        "help": "seconds of search (three or more budgets) before the best network found so "
+                "far is returned with its proven optimality gap"})
 
 
 def normalise(scores: np.ndarray, how: str) -> np.ndarray:
@@ -63,9 +66,11 @@ def normalise(scores: np.ndarray, how: str) -> np.ndarray:
 class Exact(dnax.Selector):
     """The network with the lowest summed block score under every budget at once, exactly.
 
-    A multiple-choice knapsack solved by merging per-block Pareto fronts of (score, costs):
-    exact for any number of budgets, and it yields the top-k networks and the whole Pareto front
-    of the feasible networks (``selection/top.json``, ``selection/front.json``).
+    A multiple-choice knapsack. With one or two budgets, per-block Pareto fronts of (score,
+    costs) are merged: the top-k networks and the whole Pareto front of the feasible networks
+    (``selection/top.json``, ``selection/front.json``). With three or more, a Lagrangian bound
+    and reduced-cost core enumeration (:mod:`dnax.plugins.selectors.core`) give the top-k
+    exactly, within ``time_limit``; past it, the best found and its proven gap.
 
     ``normalise`` defaults to ``none``: the default key ``nmae`` (mean |student - teacher| over
     the teacher's std) is already normalised per block by the teacher's statistics, the
@@ -109,9 +114,21 @@ class Exact(dnax.Selector):
         if skipped:
             ctx.log(f"exact: {skipped} candidates with a non-finite {cfg.key} are never chosen")
 
+        passes = [0]
+
+        def progress(message: str, lower_bound: float) -> None:
+            passes[0] += 1
+            ctx.progress("select", passes[0], None, lower_bound=lower_bound)
+            ctx.log(f"exact: {message}, lower bound {lower_bound:.6g}")
+
         t0 = time.perf_counter()
-        sol = solve(scores, table, budgets, top_k=cfg.top_k, names=metrics, fixed=fixed)
+        sol = solve(scores, table, budgets, top_k=cfg.top_k, names=metrics, fixed=fixed,
+                    time_limit=cfg.time_limit, progress=progress)
         seconds = time.perf_counter() - t0
+        if not sol.optimal:
+            ctx.log(f"exact: time limit of {cfg.time_limit:g} s reached: the best network found "
+                    f"is within {100 * sol.gap:.3g} % of the optimum (proven lower bound "
+                    f"{sol.lower_bound:.6g}); raise $.selector.time_limit for the exact answer")
 
         def entry(net: Network) -> dict[str, Any]:
             return {"candidates": list(net.choice), "score": net.score,
@@ -120,7 +137,8 @@ class Exact(dnax.Selector):
         best = sol.top[0]
         if ctx.dist.is_main:
             meta = {"key": cfg.key, "normalise": cfg.normalise, "budgets": dict(cfg.budgets),
-                    "fixed": dict(fixed_costs)}
+                    "fixed": dict(fixed_costs), "optimal": sol.optimal, "gap": sol.gap,
+                    "method": sol.method}
             ctx.run_dir.write_json("selection/top.json", {
                 **meta, "networks": [entry(n) for n in sol.top]}, kind="top-k")
             ctx.run_dir.write_json("selection/front.json", {
@@ -128,6 +146,7 @@ class Exact(dnax.Selector):
                 "candidates": sol.front_choices.tolist(),
                 "scores": sol.front_scores.tolist(),
                 "costs": (sol.front_costs + fixed).tolist(),
+                "complete": sol.method == "pareto",
             }, kind="pareto-front")
         limits = ", ".join(f"{m} <= {cfg.budgets[m]:.4g}" for m in metrics) or "no budget"
         ctx.log(f"exact: best of {float(np.prod([len(r.candidates) for r in rankings])):.3g} "
@@ -135,7 +154,8 @@ class Exact(dnax.Selector):
                 f"{len(sol.front_scores)} networks; {seconds * 1e3:.1f} ms")
         ctx.progress("select", 1, 1, score=best.score)
         return dnax.Selection(best.choice, best.score,
-                              _totals(rankings, fixed_costs, best.choice), dict(cfg.budgets))
+                              _totals(rankings, fixed_costs, best.choice), dict(cfg.budgets),
+                              optimal=sol.optimal, gap=sol.gap)
 
 
 def _totals(rankings: Sequence[dnax.BlockRanking], fixed_costs: Mapping[str, float],

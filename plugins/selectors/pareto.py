@@ -166,8 +166,10 @@ def _solve_core(blocks: list[Block], budgets: np.ndarray, top_k: int, names: lis
     top = tuple(_network(c, s, k) for c, s, k in zip(choices, res.scores, res.costs,
                                                       strict=True))
     points = np.column_stack([res.scores, res.costs])
-    undominated = np.array([not any((q <= p).all() and (q < p).any() for q in points)
-                            for p in points], dtype=bool)
+    _, distinct = np.unique(points, axis=0, return_index=True)  # one network per point
+    undominated = np.zeros(len(points), dtype=bool)
+    undominated[[i for i in distinct if not any(
+        (q <= points[i]).all() and (q < points[i]).any() for q in points)]] = True
     by_cost = np.lexsort((res.scores[undominated],
                           *(res.costs[undominated][:, j] for j in range(budgets.size - 1, -1,
                                                                         -1))))
