@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from dnax.plugins.toolkit.supernet import Supernet
     from dnax.registry import Registry
 
     from .config import PipelineConfig
@@ -134,8 +135,12 @@ class SearchSpace(Plugin, ABC):
         """Every candidate of ``block``, indexed as the rankings index them."""
 
     @abstractmethod
-    def build_supernet(self, block: BlockSpec) -> torch.nn.Module:
-        """The student supernet of ``block`` (every op of every layer of every cell)."""
+    def build_supernet(self, block: BlockSpec) -> Supernet:
+        """The student supernet of ``block`` (every op of every layer of every cell): one cell
+        per :meth:`cells` entry, each with ``enter``, ``layers[j][o]`` and ``exit``, and
+        ``forward(x, cell, ops)`` (the :class:`dnax.plugins.toolkit.supernet.Supernet` protocol;
+        extend its ``BlockSupernet`` and ``Cell``). Trainers save it with ``save_supernet`` and
+        evaluators load it with ``load_supernet``, which check it has that shape."""
 
     @abstractmethod
     def arch_def(self, blocks: Sequence[BlockSpec], chosen: Sequence[Candidate]
