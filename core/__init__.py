@@ -31,6 +31,8 @@ from .interfaces import (
     SearchSpace,
     Selector,
     Split,
+    Supernet,
+    SupernetCell,
     Teacher,
 )
 from .rundir import FORMAT_VERSION, RunDir, atomic_write, load_safetensors
@@ -93,6 +95,8 @@ __all__ = [
     "Selector",
     "Split",
     "StageContext",
+    "Supernet",
+    "SupernetCell",
     "Teacher",
     "TeacherResult",
     "TrainResult",

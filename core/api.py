@@ -114,17 +114,22 @@ class Run:
         """Stem, head and unsearched stages' cost per metric (empty before the select stage)."""
         return self._costs()[1]
 
-    def _costs(self) -> tuple[dict[str, Any], dict[str, float]]:
+    def _costs(self) -> tuple[dict[str, Any], dict[str, float], dict[str, list[int]]]:
         if "select" not in self.results or not self.run_dir.exists(COSTS):
-            return {}, {}
+            return {}, {}, {}
         arrays, meta = self.run_dir.load_tensors(COSTS, kind="costs")
-        return arrays, json.loads(meta.get("fixed", "{}"))
+        return (arrays, json.loads(meta.get("fixed", "{}")),
+                json.loads(meta.get("cell_widths", "{}")))
 
     def _with_costs(self, r: BlockRanking) -> BlockRanking:
+        arrays, _, widths = self._costs()
         prefix = f"block{r.block}."
-        extra = {k.removeprefix(prefix): v.numpy() for k, v in self._costs()[0].items()
+        extra = {k.removeprefix(prefix): v.numpy() for k, v in arrays.items()
                  if k.startswith(prefix)}
-        return BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **extra}) if extra else r
+        if not extra:
+            return r
+        return BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **extra},
+                            cell_widths=tuple(widths.get(str(r.block), ())))
 
 
 def load_model(path: str | os.PathLike, registry: Any = None) -> Any:

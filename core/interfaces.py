@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from attrs import frozen
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from dnax.plugins.toolkit.supernet import Supernet
     from dnax.registry import Registry
 
     from .config import PipelineConfig
@@ -50,6 +49,27 @@ if TYPE_CHECKING:
 #: ``train`` trains supernets (and the retrained network), ``heldout`` is kept out of training for
 #: ranking candidates and never overlaps ``train``; ``val`` measures accuracy.
 Split = Literal["train", "heldout", "val"]
+
+
+@runtime_checkable
+class SupernetCell(Protocol):
+    """One cell of a block supernet: ``enter`` (teacher width to the cell's), ``layers[j][o]``
+    (op ``o`` of layer ``j``) and ``exit`` (back to the teacher's width)."""
+
+    enter: torch.nn.Module
+    layers: Sequence[Sequence[torch.nn.Module]]
+    exit: torch.nn.Module
+
+
+@runtime_checkable
+class Supernet(Protocol):
+    """A block supernet: its ``cells``, and ``forward(x, cell, ops)`` running one path. The
+    built-in evaluator's prefix-shared tree walk relies on exactly this shape; the toolkit
+    (its ``supernet`` module) has base classes that meet it."""
+
+    cells: Sequence[SupernetCell]
+
+    def __call__(self, x: torch.Tensor, cell: int, ops: Sequence[int]) -> torch.Tensor: ...
 
 
 class Plugin:
@@ -138,9 +158,9 @@ class SearchSpace(Plugin, ABC):
     def build_supernet(self, block: BlockSpec) -> Supernet:
         """The student supernet of ``block`` (every op of every layer of every cell): one cell
         per :meth:`cells` entry, each with ``enter``, ``layers[j][o]`` and ``exit``, and
-        ``forward(x, cell, ops)`` (the :class:`dnax.plugins.toolkit.supernet.Supernet` protocol;
-        extend its ``BlockSupernet`` and ``Cell``). Trainers save it with ``save_supernet`` and
-        evaluators load it with ``load_supernet``, which check it has that shape."""
+        ``forward(x, cell, ops)`` (the :class:`Supernet` protocol; the plugin toolkit's
+        ``BlockSupernet`` and ``Cell`` meet it). The toolkit's ``load_supernet`` checks that
+        shape before an evaluator scores it."""
 
     @abstractmethod
     def arch_def(self, blocks: Sequence[BlockSpec], chosen: Sequence[Candidate]

@@ -24,7 +24,7 @@ from attrs import frozen
 
 from .config import PipelineConfig
 from .context import DistInfo, Plugins, QuietHooks, StageContext
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, PluginError
 from .interfaces import PLUGIN_KINDS
 from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
 from .types import (
@@ -76,16 +76,22 @@ def _select(ctx: StageContext) -> Selection:
 
     teacher: TeacherResult = ctx.results["teacher"]
     rank: RankResult = ctx.results["rank"]
-    rankings = []
+    rankings: list[BlockRanking] = []
     for spec, ref in zip(teacher.blocks, rank.blocks, strict=True):
         r = ctx.run_dir.load_ranking(ref)
-        costs = {c.metric: c.candidate_costs(ctx, spec, r.candidates) for c in ctx.plugins.costs}
-        rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs}))
+        widths = tuple(c.out_chs for c in ctx.plugins.space.cells(spec))
+        rows = len(rankings[-1].out_widths) if rankings else 1
+        costs = {c.metric: _check_costs(c, spec, c.candidate_costs(ctx, spec, r.candidates),
+                                        len(r.candidates), rows) for c in ctx.plugins.costs}
+        rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs},
+                                     cell_widths=widths))
     fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
     if ctx.dist.is_main and ctx.plugins.costs:
         ctx.run_dir.save_tensors(COSTS, {f"block{r.block}.{m}": torch.as_tensor(
             np.asarray(v, dtype=np.float64)) for r in rankings for m, v in r.costs.items()},
-                                 kind="costs", metadata={"fixed": json.dumps(fixed)})
+                                 kind="costs", metadata={
+            "fixed": json.dumps(fixed),
+            "cell_widths": json.dumps({str(r.block): list(r.cell_widths) for r in rankings})})
     selection = ctx.plugins.selector.select(ctx, rankings, fixed)
     chosen = [r.candidates[i] for r, i in zip(rankings, selection.candidates, strict=True)]
     arch = ctx.plugins.space.arch_def(teacher.blocks, chosen)
@@ -95,6 +101,17 @@ def _select(ctx: StageContext) -> Selection:
     if ctx.dist.is_main:
         ctx.run_dir.write_json("selection.json", _conv.unstructure(selection), kind="selection")
     return selection
+
+
+def _check_costs(model: Any, spec: Any, costs: Any, n: int, rows: int) -> np.ndarray:
+    """A cost model's costs of one block: (n,), or (rows, n) where several widths can enter it
+    (see :class:`BlockRanking`); anything else is a PluginError naming the model."""
+    arr = np.asarray(costs, dtype=np.float64)
+    if arr.shape == (n,) or (rows > 1 and arr.shape == (rows, n)):
+        return arr
+    want = f"({n},)" + (f" or ({rows}, {n})" if rows > 1 else "")
+    raise PluginError(f"$.costs: {model.metric}: {type(model).__name__}.candidate_costs gave "
+                      f"block {spec.index} costs of shape {arr.shape}, expected {want}")
 
 
 def _retrain(ctx: StageContext) -> RetrainResult:

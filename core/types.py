@@ -153,12 +153,31 @@ class RankResult:
 
 @frozen(eq=False)
 class BlockRanking:
-    """Every candidate of one block with its scores (1-D arrays, one entry per candidate)."""
+    """Every candidate of one block with its scores (1-D arrays, one entry per candidate) and,
+    from the select stage on, its costs.
+
+    Cells of one block may differ in width, and a block's first layer then costs what the width
+    it receives makes it cost. So ``costs[metric]`` is 1-D (one entry per candidate) where one
+    width can enter the block, and 2-D ``(len(in_widths), candidates)`` where several can: row
+    ``r`` is the cost when the previous block's chosen cell is ``in_widths[r]`` wide.
+    """
 
     block: int
     candidates: tuple[Candidate, ...]
     scores: dict[str, Any]
     costs: dict[str, Any] = field(factory=dict)
+    #: output width of each cell (``SearchSpace.cells(block)[c].out_chs``); set with the costs
+    cell_widths: tuple[int, ...] = ()
+
+    def out_width(self, candidate: int) -> int:
+        """The width candidate ``candidate`` passes to the next block."""
+        return self.cell_widths[self.candidates[candidate].cell]
+
+    @property
+    def out_widths(self) -> tuple[int, ...]:
+        """The distinct widths this block can pass on, ascending: the rows of the next block's
+        2-D costs when there are several."""
+        return tuple(sorted(set(self.cell_widths)))
 
 
 @frozen
@@ -169,14 +188,14 @@ class Selection:
     score: float
     costs: dict[str, float]
     budgets: dict[str, float] = field(factory=dict)
-    #: False when the selector stopped (e.g. at its time limit) before proving ``score`` best;
-    #: ``gap`` is then the proven relative optimality gap (score - lower bound) / |score|
-    optimal: bool = True
-    gap: float = 0.0
     #: filled by the runner from the search space: the whole network's timm arch def and the
     #: other ``timm.models.efficientnet.EfficientNet`` arguments (stem_size, num_features, ...)
     arch_def: tuple[tuple[str, ...], ...] = ()
     model_kwargs: dict[str, Any] = field(factory=dict)
+    #: False when the selector stopped (e.g. at its time limit) before proving ``score`` best;
+    #: ``gap`` is then the proven relative optimality gap (score - lower bound) / |score|
+    optimal: bool = True
+    gap: float = 0.0
 
 
 @frozen

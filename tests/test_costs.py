@@ -139,18 +139,46 @@ def test_fixed_params_include_the_classifier(tmp_path):
     assert hundred - ten == 90 * (KWARGS["num_features"] + 1)
 
 
-def test_cells_of_different_widths_are_refused(tmp_path):
-    widths = ((24, 24), (40, 48), (48, 48), (64, 64))
+def _chain_cost(per_block, fixed, space, blocks, choice):
+    """A network's cost from per-block tables, worked out here: a 2-D table's row is the
+    entering width's place among the previous block's distinct cell widths, ascending."""
+    total, width = fixed, None
+    for b, (costs, i) in enumerate(zip(per_block, choice, strict=True)):
+        if costs.ndim == 1:
+            total += costs[i]
+        else:
+            rows = sorted({c.out_chs for c in space.cells(blocks[b - 1])})
+            assert costs.shape == (len(rows), len(space.candidates(blocks[b])))
+            total += costs[rows.index(width), i]
+        width = space.cells(blocks[b])[space.candidates(blocks[b])[i].cell].out_chs
+    return total
+
+
+def test_cells_of_different_widths_cost_what_the_built_network_counts(tmp_path):
+    """Cells of one block with their own widths (block 0: 24 or 32, block 1: 40 or 48, the
+    last: 64 or 72): the next block's first layer and the head cost what the width they
+    receive makes them cost; params equal timm's count and FLOPs the flop counter's, for random
+    networks across every width combination."""
+    widths = ((24, 32), (40, 48), (48, 48), (64, 72))
     space, blocks = PaperLikeSpace(SpaceConfig(widths=widths)), _blocks()
     ctx = _ctx(tmp_path, space, blocks)
-    model = Params(ParamsConfig())
-    model.candidate_costs(ctx, blocks[1], space.candidates(blocks[1]))  # its own input is fixed
-    with pytest.raises(dnax.ConfigError, match="block 1 differ in width"):
-        model.candidate_costs(ctx, blocks[2], space.candidates(blocks[2]))
-    last = ((24, 24), (40, 40), (48, 48), (64, 72))
-    space = PaperLikeSpace(SpaceConfig(widths=last))
-    with pytest.raises(dnax.ConfigError, match="the head"):
-        Params(ParamsConfig()).fixed_cost(_ctx(tmp_path, space, blocks), blocks)
+    tables = {}
+    for model in (Params(ParamsConfig()), Flops(FlopsConfig())):
+        per_block = [model.candidate_costs(ctx, b, space.candidates(b)) for b in blocks]
+        tables[model.metric] = (per_block, model.fixed_cost(ctx, blocks))
+    per_block, _ = tables["params"]
+    assert [c.ndim for c in per_block] == [1, 2, 2, 1]  # block 3 follows one width (48)
+    seen = set()
+    for choice in _random_choices(space, blocks, 16, seed=3):
+        model = _network(space, blocks, choice)
+        seen.add(tuple(space.candidates(b)[i].cell for b, i in zip(blocks, choice, strict=True)))
+        assert _chain_cost(*tables["params"], space, blocks, choice) == sum(
+            p.numel() for p in model.parameters())
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, RES, RES))
+        assert _chain_cost(*tables["flops"], space, blocks, choice) == pytest.approx(
+            counter.get_total_flops(), rel=0.01)
+    assert len({c[0] for c in seen}) == 2 and len({c[3] for c in seen}) == 2
 
 
 def test_flops_refuse_sizes_the_network_does_not_see(tmp_path):
@@ -172,9 +200,9 @@ def test_registered_under_their_metric_names():
 
 def test_paper_space_of_the_mbconv_plugin(tmp_path):
     """The shipped paper space under a B0 teacher: exact params and FLOPs of random networks."""
-    mbconv = pytest.importorskip("dnax.plugins.spaces.mbconv", reason="mbconv space missing")
-    teachers = pytest.importorskip("dnax.plugins.teachers.efficientnet",
-                                   reason="efficientnet teacher missing")
+    from dnax.plugins.spaces import mbconv
+    from dnax.plugins.teachers import efficientnet as teachers
+
     teacher = teachers.EfficientNetTeacher(teachers.EfficientNetConfig(model="efficientnet_b0"))
     blocks = teacher.blocks(RES)
     space = mbconv.MBConvSpace(mbconv.MBConvSpaceConfig())
@@ -183,12 +211,13 @@ def test_paper_space_of_the_mbconv_plugin(tmp_path):
     for model in (Params(ParamsConfig()), Flops(FlopsConfig())):
         tables[model.metric] = ([model.candidate_costs(ctx, b, space.candidates(b))
                                  for b in blocks], model.fixed_cost(ctx, blocks))
-    assert [len(c) for c in tables["params"][0]] == [288, 1548, 1548, 2808, 16848, 6]
+    assert [c.shape[-1] for c in tables["params"][0]] == [288, 1548, 1548, 2808, 16848, 6]
+    # cells of different widths in blocks 0, 3 and 4: blocks 1, 4 and 5 depend on them
+    assert [c.ndim for c in tables["params"][0]] == [1, 2, 1, 1, 2, 2]
     for choice in _random_choices(space, blocks, 2, seed=2):
         model = _network(space, blocks, choice)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, 3, RES, RES))
         for metric, truth in (("params", sum(p.numel() for p in model.parameters())),
                               ("flops", counter.get_total_flops())):
-            per_block, fixed = tables[metric]
-            assert fixed + sum(c[i] for c, i in zip(per_block, choice, strict=True)) == truth
+            assert _chain_cost(*tables[metric], space, blocks, choice) == truth

@@ -12,6 +12,7 @@ import itertools
 import math
 import re
 import sys
+import textwrap
 import tomllib
 import types
 from pathlib import Path
@@ -70,6 +71,18 @@ def test_the_page_shows_exactly_the_tested_files():
             f"docs/plugins.md: the block under <!-- example: {path} --> is not that file's text; "
             "paste the file")
     assert "tests/example_plugin/dnax_example/__init__.py" in shown  # the commands example
+    # the check() quoted in section 3 is the selector example's
+    quoted = re.search(r"```python\n(@classmethod\ndef check.*?)```", DOC.read_text(), re.S)
+    assert textwrap.indent(quoted.group(1), "    ") in (EXAMPLES / "selector.py").read_text()
+
+
+def test_the_kinds_table_is_plugin_kinds():
+    rows = re.findall(r"^\| `(\[\[?\w+\]\]?)` \| `dnax\.(\w+)` \| `(\w+)` \| (.*?) \|",
+                      DOC.read_text(), re.M)
+    assert [(h, i, hook) for h, i, hook, _ in rows] == [
+        (k.header, k.interface.__name__, k.hook) for k in PLUGIN_KINDS]
+    assert [stage.strip("`") for *_, stage in rows if stage.startswith("`")] == [
+        k.stage for k in PLUGIN_KINDS if k.stage]
 
 
 def test_every_example_is_short():
@@ -195,6 +208,8 @@ def test_data_source_cuts_digits_into_three_splits():
     too_many = EX["data_source"].SmallDigits(EX["data_source"].DigitsConfig(per_split=600))
     with pytest.raises(dnax.DataError, match=r"^\$\.data\.per_split: 600 x 3 splits > 1797"):
         too_many.dataset("train", raw)
+    with pytest.raises(dnax.DataError, match=r"^small-digits: no split 'test' "):
+        source.dataset("test", raw)
 
 
 def test_teacher_blocks_features_and_training(ctx):

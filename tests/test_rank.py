@@ -105,7 +105,7 @@ def net_and_data():
 # --- tree walk ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recal", ["same", "separate", "off"])
+@pytest.mark.parametrize("recal", ["train", "same", "separate", "off"])
 def test_tree_walk_equals_plain_loop(net_and_data, recal):
     net, xs, ts, rec = net_and_data
     groups = make_groups(xs, ts, recal=recal, recal_inputs=rec)
@@ -135,7 +135,8 @@ def test_recalibration_changes_scores(net_and_data):
 
 def test_scores_are_the_stated_metrics(net_and_data):
     net, xs, ts, _ = net_and_data
-    tree = walk_cell(net.cells[1], make_groups(xs, ts, recal="off"), score_weights(ts))
+    tree = walk_cell(net.cells[1], make_groups(xs, ts, recal="off"),
+                     score_weights(ts, "channel"))
     ops = (2, 3)
     row = 2 * 4 + 3  # product order, first layer most significant
     with torch.no_grad():
@@ -151,6 +152,31 @@ def test_scores_are_the_stated_metrics(net_and_data):
                      score_weights(ts, "global"))[row].double()
     torch.testing.assert_close(glob[2], (s - t).abs().mean() / t.std(unbiased=False),
                                rtol=1e-4, atol=0)
+
+
+def test_channel_floor_keeps_a_near_constant_channel_from_dominating():
+    torch.manual_seed(0)
+    t = torch.randn(16, 8, 6, 6) * torch.linspace(0.5, 2, 8).reshape(1, 8, 1, 1) + 1.0
+    t[:, 0] = 3.0 + 1e-5 * torch.randn(16, 6, 6)  # planted: near-constant channel 0
+    s = t + 0.1 * torch.randn_like(t)  # the same error in every channel
+    w = score_weights([t], "channel")
+    gstd = t.double().std(unbiased=False)
+    std = t.double().std((0, 2, 3), unbiased=False).clamp_min(0.1 * gstd)
+    assert std[0] == pytest.approx(0.1 * float(gstd)) and (std[1:] > 0.1 * gstd).all()
+    torch.testing.assert_close(w[2].double() * t.numel(), 1 / std, rtol=1e-5, atol=0)
+    torch.testing.assert_close(w[1].double() * t.numel(), 1 / std**2, rtol=1e-5, atol=0)
+    # channel 0's share of nmae: at most 10x the global normaliser's weight, not ~1e5x
+    assert float(w[2, 0] / w[2, 1:].mean()) < 15
+    assert float(w[2, 0]) * t.numel() == pytest.approx(10 / float(gstd), rel=1e-5)
+    d = (s - t).double()
+    nmae = float((d.abs().mean((0, 2, 3)) / std).mean())
+    got = walk_cell(Cell(nn.Identity(), [], nn.Identity()), make_groups([s], [t], recal="off"),
+                    w)
+    assert float(got[0, 2]) == pytest.approx(nmae, rel=1e-4)
+    assert float(got[0, 2]) < 3 * float(d.abs().mean() / gstd)
+    gw = score_weights([t])  # the default: one std over the whole tensor
+    torch.testing.assert_close(gw[2].double() * t.numel(), (1 / gstd).expand(8), rtol=1e-5,
+                               atol=0)
 
 
 def test_shards_split_every_candidate_once(net_and_data):
@@ -208,7 +234,7 @@ def _dist_worker(rank: int, world: int, init: str, out: str) -> None:
         ctx = SimpleNamespace(dist=dnax.DistInfo(rank, world, rank),
                               progress=lambda *a, **k: None)
         spec = dnax.BlockSpec(0, 1, 16, 24, 2, 8, 4)
-        table, _ = PrefixEvaluator(PrefixConfig(shard_depth=1))._score_block(
+        table, _ = PrefixEvaluator(PrefixConfig(shard_depth=1, recalib="same"))._score_block(
             ctx, spec, net, xs, ts, [])
         if rank == 0:
             full = torch.cat([walk_cell(c, make_groups(xs, ts), score_weights(ts))
@@ -363,7 +389,8 @@ def make_ctx(tmp_path: Path, config: PrefixConfig) -> tuple[dnax.StageContext, H
 
 
 def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
-    ctx, hook = make_ctx(tmp_path, PrefixConfig(batches=2, batch_size=16))
+    ctx, hook = make_ctx(tmp_path, PrefixConfig(batches=2, batch_size=16, recalib="same",
+                                                normalise="channel"))
     stored = {p: p.read_bytes() for p in tmp_path.glob("supernets/*")}
     result = ctx.plugins.evaluator.rank(ctx)
     assert result.key == "nmae" and [r.block for r in result.blocks] == [0, 1]
@@ -386,7 +413,8 @@ def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
     ev, spec = ctx.plugins.evaluator, ctx.results["teacher"].blocks[1]
     inputs, targets, _ = ev._features(ctx, ctx.results["teacher"], 2)
     net = load_supernet(ctx, "supernets/block1.safetensors", spec)
-    groups, w = make_groups(inputs[1], targets[1], recal="same"), score_weights(targets[1])
+    groups = make_groups(inputs[1], targets[1], recal="same")
+    w = score_weights(targets[1], "channel")
     plain = torch.cat([plain_cell(net, c, groups, w) for c in range(len(net.cells))])
     saved = ctx.run_dir.load_ranking(result.blocks[1]).scores
     np.testing.assert_allclose(np.stack([saved[m] for m in ("mse", "nmse", "nmae")], 1),
@@ -394,7 +422,8 @@ def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
 
 
 def test_teacher_block_scores_zero_without_recalibration(tmp_path):
-    ctx, _ = make_ctx(tmp_path, PrefixConfig(batches=1, batch_size=32, recalib="off"))
+    ctx, _ = make_ctx(tmp_path, PrefixConfig(batches=1, batch_size=32, recalib="off",
+                                             normalise="channel"))
     result = ctx.plugins.evaluator.rank(ctx)
     block0 = ctx.run_dir.load_ranking(result.blocks[0])
     assert block0.scores["mse"][0] < 1e-10
@@ -413,6 +442,143 @@ def test_evaluator_refuses_a_foreign_supernet(tmp_path):
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="must be > 0"):
         PrefixConfig(batches=0)
+
+
+# --- every recalibration mode against a stand-alone oracle ----------------------------------
+
+
+def _oracle(ctx: dnax.StageContext, tmp_path: Path, *, recalib: str, normalise: str,
+            n_score: int, batch_size: int, recalib_batches: int = 1) -> dict[int, np.ndarray]:
+    """Per block, (candidates x 3) scores computed without the evaluator: the images chosen by
+    the documented rule, each candidate built stand-alone from its supernet's file, BatchNorm
+    recalibrated here (cumulative momentum), the metrics by hand."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    data, teacher, space = ctx.plugins.data, ctx.plugins.teacher, ctx.plugins.space
+    dc = teacher.data_config(RES)
+    held, train = data.dataset("heldout", dc), data.dataset("train", dc)
+
+    def perm(n):
+        return torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
+
+    order = perm(len(held))
+    score = order[:n_score]
+    k = recalib_batches * batch_size
+    rec_images = {"separate": [held[i][0] for i in order[n_score:n_score + k]],
+                  "train": [train[i][0] for i in perm(len(train))[:k]]}.get(recalib, [])
+    x = torch.stack([held[i][0] for i in score])
+    model = teacher.load(None, None)
+    with torch.no_grad():
+        feats = teacher.block_features(model, x)
+        rfeats = teacher.block_features(model, torch.stack(rec_images)) if rec_images else None
+
+    def recalibrate(m: nn.Module, batches: list[torch.Tensor]) -> None:
+        norms = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the batches
+            bn.train()
+        with torch.no_grad():
+            for xb in batches:
+                m(xb)
+        for bn in norms:
+            bn.eval()
+
+    out = {}
+    for spec in ctx.results["teacher"].blocks:
+        net = space.build_supernet(spec)
+        net.load_state_dict(load_file(tmp_path / f"supernets/block{spec.index}.safetensors"))
+        xin, t = feats[spec.index], feats[spec.index + 1].double()
+        rows = []
+        for cand in space.candidates(spec):
+            cell = net.cells[cand.cell]
+            path = [cell.enter, *(cell.layers[j][o] for j, o in enumerate(cand.ops)), cell.exit]
+            m = copy.deepcopy(nn.Sequential(*path)).eval()
+            batches = list(xin.split(batch_size))
+            if recalib == "same":  # each scoring batch recalibrates, then is scored
+                outs = []
+                for xb in batches:
+                    recalibrate(m, [xb])
+                    with torch.no_grad():
+                        outs.append(m(xb))
+            else:
+                if rfeats is not None:
+                    recalibrate(m, list(rfeats[spec.index].split(batch_size)))
+                with torch.no_grad():
+                    outs = [m(xb) for xb in batches]
+            d = torch.cat(outs).double() - t
+            gstd = t.std(unbiased=False)
+            if normalise == "global":
+                nmse, nmae = d.square().mean() / gstd**2, d.abs().mean() / gstd
+            else:
+                std = t.std((0, 2, 3), unbiased=False).clamp_min(0.1 * gstd)
+                nmse = (d.square().mean((0, 2, 3)) / std**2).mean()
+                nmae = (d.abs().mean((0, 2, 3)) / std).mean()
+            rows.append([float(d.square().mean()), float(nmse), float(nmae)])
+        out[spec.index] = np.array(rows)
+    return out
+
+
+def _saved(ctx: dnax.StageContext, result: dnax.RankResult) -> dict[int, np.ndarray]:
+    out = {}
+    for ref in result.blocks:
+        scores = ctx.run_dir.load_ranking(ref).scores
+        out[ref.block] = np.stack([scores[m] for m in ("mse", "nmse", "nmae")], 1)
+    return out
+
+
+@pytest.mark.parametrize(("recalib", "normalise"), [
+    ("train", "global"), ("same", "global"), ("separate", "channel"), ("off", "global"),
+    ("train", "channel")])
+def test_every_recalibration_mode_matches_a_standalone_oracle(tmp_path, recalib, normalise):
+    config = PrefixConfig(batches=3, batch_size=16, recalib=recalib, recalib_batches=2,
+                          normalise=normalise)
+    ctx, hook = make_ctx(tmp_path, config)
+    got = _saved(ctx, ctx.plugins.evaluator.rank(ctx))
+    want = _oracle(ctx, tmp_path, recalib=recalib, normalise=normalise, n_score=48,
+                   batch_size=16, recalib_batches=2)
+    for b in (0, 1):
+        assert got[b].shape == (12, 3)
+        np.testing.assert_allclose(got[b], want[b], rtol=2e-4, atol=1e-7)
+    assert not hook.logs
+
+
+def test_recalibration_modes_differ(tmp_path):
+    """train, separate and same use different images: their scores differ (the oracle above
+    pins which images each one uses)."""
+    tables = {}
+    for mode in ("train", "same", "separate", "off"):
+        ctx, _ = make_ctx(tmp_path / mode, PrefixConfig(batches=2, batch_size=16, recalib=mode))
+        tables[mode] = _saved(ctx, ctx.plugins.evaluator.rank(ctx))[1][:, 2]
+    for a, b in itertools.combinations(tables, 2):
+        assert not np.allclose(tables[a], tables[b], rtol=1e-3), (a, b)
+
+
+def test_defaults_are_the_official_scoring(tmp_path):
+    cfg = PrefixConfig()
+    assert (cfg.recalib, cfg.recalib_batches, cfg.normalise) == ("train", 1, "global")
+    assert cfg.batches * cfg.batch_size >= 1024 and cfg.batch_size == 64
+    # the test data's heldout split has 300 images: 4 whole batches of 64 are scored, one log
+    ctx, hook = make_ctx(tmp_path, cfg)
+    got = _saved(ctx, ctx.plugins.evaluator.rank(ctx))
+    want = _oracle(ctx, tmp_path, recalib="train", normalise="global", n_score=256,
+                   batch_size=64)
+    for b in (0, 1):
+        np.testing.assert_allclose(got[b], want[b], rtol=2e-4, atol=1e-7)
+    assert hook.logs == ["$.evaluator: the heldout split has 300 images, fewer than batches x "
+                         "batch_size = 1024: every candidate is scored on 256"]
+
+
+def test_train_recalibration_needs_train_images(tmp_path):
+    ctx, _ = make_ctx(tmp_path, PrefixConfig(batches=1, batch_size=8))
+    data = ctx.plugins.data
+    real = data.dataset
+    data.dataset = lambda split, dc, **kw: (torch.utils.data.TensorDataset(
+        torch.zeros(0, 3, RES, RES), torch.zeros(0)) if split == "train" else real(split, dc))
+    with pytest.raises(dnax.DataError, match=r"\$\.evaluator\.recalib: the train split has no"):
+        ctx.plugins.evaluator.rank(ctx)
 
 
 # --- bench ------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -342,3 +344,58 @@ def test_synthetic_problem_is_seeded():
     b, cb = synthetic_problem(3)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert all(np.array_equal(x["flops"], y["flops"]) for x, y in zip(ca, cb, strict=True))
+
+
+@st.composite
+def coupled_instances(draw):
+    """Chains whose blocks' costs depend on the width the previous block passes on: block i
+    has one cost row per distinct width of block i-1 (``links[i-1][j]``: candidate j's)."""
+    m = draw(st.integers(0, 3))
+    blocks = draw(st.integers(1, 4))
+    scores, costs, links, rows = [], [], [], 1
+    for _ in range(blocks):
+        n = draw(st.integers(1, 5))
+        scores.append(np.array(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)),
+                               dtype=float))
+        flat = draw(st.lists(st.integers(0, 5), min_size=rows * n * m, max_size=rows * n * m))
+        cube = np.array(flat, dtype=float).reshape(rows, n, m)
+        costs.append(cube if rows > 1 else cube[0])
+        widths = draw(st.integers(1, 3))
+        links.append(np.array(draw(st.lists(st.integers(0, widths - 1), min_size=n,
+                                            max_size=n)), dtype=np.int64))
+        rows = widths
+    budgets = np.array(draw(st.lists(st.integers(0, 5 * blocks), min_size=m, max_size=m)),
+                       dtype=float)
+    return scores, costs, links, budgets, draw(st.integers(1, 6))
+
+
+def _chain_brute_force(scores, costs, links, budgets):
+    """Every network of the chain: (choice, score, costs) of the feasible ones."""
+    out = []
+    for choice in itertools.product(*(range(len(s)) for s in scores)):
+        total, row = np.zeros(len(budgets)), 0
+        for i, j in enumerate(choice):
+            c = costs[i]
+            total = total + (c[row, j] if c.ndim == 3 else c[j])
+            row = links[i][j]
+        if (total <= budgets).all():
+            out.append((choice, sum(s[j] for s, j in zip(scores, choice, strict=True)), total))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(coupled_instances())
+def test_coupled_widths_against_brute_force(inst):
+    scores, costs, links, budgets, k = inst
+    feasible = _chain_brute_force(scores, costs, links, budgets)
+    if not feasible:
+        with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
+            pareto.solve(scores, costs, budgets, top_k=k, links=links)
+        return
+    sol = pareto.solve(scores, costs, budgets, top_k=k, links=links)
+    assert [n.score for n in sol.top] == sorted(s for _, s, _ in feasible)[:k]
+    assert len({n.choice for n in sol.top}) == len(sol.top) and sol.optimal
+    by_choice = {c: (s, t) for c, s, t in feasible}
+    for net in sol.top:
+        score, total = by_choice[net.choice]  # feasible, with these very costs
+        assert net.score == score and np.array_equal(net.costs, total)

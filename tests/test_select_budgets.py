@@ -118,3 +118,55 @@ def test_digits_pipeline_under_params_flops_and_latency(tmp_path):
     assert best_choice is not None
     assert sel.score == pytest.approx(best, rel=1e-9)
     assert all(sel.costs[m] <= budgets[m] * (1 + 1e-12) for m in METRICS)
+
+
+def _grid_brute_force(rankings, fixed, budgets, key="nmae"):
+    """The best score and choice over every network, with 2-D costs read in the row the
+    previous block's chosen cell width selects (rows: its distinct widths, ascending)."""
+    best, best_choice = np.inf, None
+    sizes = [len(r.candidates) for r in rankings]
+    widths = [np.array(r.cell_widths)[[c.cell for c in r.candidates]] for r in rankings]
+    for choice in np.ndindex(*sizes):
+        ok = True
+        for m, limit in budgets.items():
+            total = fixed[m]
+            for k, (r, i) in enumerate(zip(rankings, choice, strict=True)):
+                a = np.asarray(r.costs[m])
+                if a.ndim == 1:
+                    total += a[i]
+                else:
+                    rows = sorted(set(rankings[k - 1].cell_widths))
+                    total += a[rows.index(widths[k - 1][choice[k - 1]]), i]
+            ok &= total <= limit
+        if ok:
+            score = sum(float(r.scores[key][i]) for r, i in zip(rankings, choice, strict=True))
+            if score < best:
+                best, best_choice = score, choice
+    return best, best_choice
+
+
+def test_digits_with_cells_of_two_widths_end_to_end(tmp_path):
+    """Block 1 of the digits example offers a 1-layer cell of 32 channels and a 2-layer cell of
+    40: the run ends with a retrained network; the selection is the brute-force best under the
+    params budget with block 2's costs read for the width chosen before it, and the exported
+    network has exactly the predicted parameter count."""
+    config = tomllib.loads(DIGITS.read_text())
+    config["pipeline"] |= {"device": "cpu", "threads": 1}
+    config["data"]["limit"] = 400
+    config["teacher"]["epochs"] = 1
+    config["trainer"]["epochs"] = 1
+    config["evaluator"]["batches"] = 2
+    config["space"]["blocks"][1] = {"cells": [{"depth": 1, "width": 32},
+                                              {"depth": 2, "width": 40}]}
+    config["retrainer"] |= {"epochs": 1, "onnx": False}
+    config["selector"] = {"plugin": "exact", "budgets": {"params": 80000.0}}
+    toml = tmp_path / "digits.toml"
+    toml.write_text(tomli_w.dumps(config))
+    run = dnax.run_pipeline(toml, tmp_path / "run")
+    rankings, fixed, sel = run.rankings(), run.fixed_costs, run.selection
+    assert rankings[1].cell_widths == (32, 40)
+    assert np.asarray(rankings[2].costs["params"]).shape == (2, 20)  # one row per width
+    best, choice = _grid_brute_force(rankings, fixed, {"params": 80000.0})
+    assert choice is not None and sel.score == pytest.approx(best, rel=1e-9)
+    model = dnax.load_model(tmp_path / "run" / "model")
+    assert sum(p.numel() for p in model.parameters()) == sel.costs["params"] <= 80000

@@ -174,8 +174,8 @@ def test_toml_config_is_strict():
     assert space.blocks[0].cells[1] == CellConfig(3, 24)
     problems = [
         ({"preset": "custom"}, r"\$\.space: blocks: required when preset = 'custom'"),
-        ({"blocks": [{"cells": [{"depth": 2, "width": 24}, {"depth": 2, "width": 32}]}]},
-         r"\$\.space\.blocks\[0\]\.cells: cells of one block must share one width"),
+        ({"blocks": [{"cells": [{"depth": 2, "width": 24}, {"depth": 2, "width": 24}]}]},
+         r"\$\.space\.blocks\[0\]\.cells: cells 0 and 1 are identical \(depth 2, width 24\)"),
         ({"blocks": [{"cells": [{"depht": 2}]}]}, r"depht: unknown key"),
         ({"kernels": [3, 4]}, r"\$\.space\.kernels: kernel sizes must be odd"),
         ({"stem_stage": ["xx_r1"]}, r"\$\.space\.stem_stage: not a timm arch string"),

@@ -5,11 +5,12 @@ A candidate's cost is the sum of its layers' costs; each layer is built once per
 the builder of every network dnax trains and retrains, so the layer is the one the final
 network holds.
 
-Additivity: a block's first layer takes the previous block's output width. When every cell of
-a block has the same width (the default, and the paper's preset) that width is fixed and costs
-add up exactly; when cells of a block differ in width, the next block's costs (or the head's)
-depend on which cell is chosen and no per-candidate cost exists: the cost models raise a
-:class:`dnax.ConfigError` saying so rather than return a wrong figure.
+Additivity: a block's first layer takes the previous block's output width. Where every cell
+of the previous block has one width, a candidate has one cost; where they differ (the paper's
+preset, blocks 0, 3 and 4), the candidate's cost depends on the width it receives and
+:meth:`LayerwiseCost.candidate_costs` gives one row per width (see ``dnax.BlockRanking``); the
+head's dependence on the last block's width goes into that block's candidates. Costs then add
+up exactly along any network: fixed part plus, per block, the row its predecessor's width picks.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from dnax.plugins.toolkit.builder import (
     build_layer,
     build_network,
     decode,
-    out_width,
     stages_out_width,
 )
 
@@ -87,24 +87,30 @@ class LayerwiseCost(dnax.CostModel):
 
     def candidate_costs(self, ctx: dnax.StageContext, block: dnax.BlockSpec,
                         candidates: Sequence[dnax.Candidate]) -> np.ndarray:
-        space = ctx.plugins.space
-        kwargs = space.model_kwargs()
-        in_chs = self.block_in_chs(ctx, searched_blocks(ctx), block.index)
-        out = np.empty(len(candidates), dtype=np.float64)
-        for n, cand in enumerate(candidates):
-            chs, size, total = in_chs, block.in_size, 0.0
-            for j, arch in enumerate(cand.arch):
-                cost, chs, size = self._layer(ctx, LayerSig(arch, chs, size, j == 0), kwargs)
-                total += cost
-            out[n] = total
-        return out
+        """Each candidate's cost, (candidates,); or (widths, candidates) where the previous
+        block's cells differ in width (row ``r``: the cost after a
+        cell of width ``in_widths(...)[r]``).
+        In the last block, what the head costs more (or less) after a candidate's width than
+        after the first cell's is part of the candidate's cost."""
+        kwargs = ctx.plugins.space.model_kwargs()
+        blocks = searched_blocks(ctx)
+        widths = self.in_widths(ctx, blocks, block.index)
+        out = np.empty((len(widths), len(candidates)), dtype=np.float64)
+        for r, in_chs in enumerate(widths):
+            for n, cand in enumerate(candidates):
+                chs, size, total = in_chs, block.in_size, 0.0
+                for j, arch in enumerate(cand.arch):
+                    cost, chs, size = self._layer(ctx, LayerSig(arch, chs, size, j == 0), kwargs)
+                    total += cost
+                out[r, n] = total
+        if blocks and block.index == blocks[-1].index:
+            out += self._head_deltas(ctx, blocks, candidates)
+        return out[0] if len(widths) == 1 else out
 
     def fixed_cost(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec]) -> float:
-        blocks = tuple(blocks)
-        if blocks:
-            self.uniform_width(ctx, blocks[-1], "the head")
-        model, n_fixed = self.reference_network(ctx, blocks)
-        return float(self.fixed_part(ctx, model, n_fixed, blocks))
+        """Stem, unsearched stages and head of the network of each block's first candidate."""
+        model, n_fixed = self.reference_network(ctx, tuple(blocks))
+        return float(self.fixed_part(ctx, model, n_fixed, tuple(blocks)))
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -115,35 +121,47 @@ class LayerwiseCost(dnax.CostModel):
             self._candidates[key] = ctx.plugins.space.candidates(block)
         return self._candidates[key]
 
-    def uniform_width(self, ctx: dnax.StageContext, block: dnax.BlockSpec, user: str) -> int:
-        """The one output width of ``block``'s cells; a ConfigError when cells differ."""
-        kwargs = ctx.plugins.space.model_kwargs()
-        last = {c.arch[-1] for c in self.candidates(ctx, block)}
-        widths = sorted({out_width(a, kwargs) for a in last})
-        if len(widths) != 1:
-            raise dnax.ConfigError(
-                f"$.costs: {self.metric}: the cells of block {block.index} differ in width "
-                f"({', '.join(map(str, widths))}), so the cost of {user} depends on the cell "
-                "chosen and is not additive; give every cell of a block the same width")
-        return widths[0]
-
-    def block_in_chs(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
-                     index: int) -> int:
-        """The width entering searched block ``index`` in the final network."""
+    def in_widths(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec], index: int
+                  ) -> tuple[int, ...]:
+        """The widths that can enter searched block ``index`` in the final network, ascending:
+        the previous block's cell widths, or the width of the stem and unsearched stages."""
         if index > 0:
-            return self.uniform_width(ctx, blocks[index - 1], f"block {index}")
+            return tuple(sorted({c.out_chs for c in ctx.plugins.space.cells(blocks[index - 1])}))
         chosen = [self.candidates(ctx, b)[0] for b in blocks]
         arch = ctx.plugins.space.arch_def(blocks, chosen)
-        return stages_out_width(arch[: len(arch) - len(blocks)], ctx.plugins.space.model_kwargs())
+        return (stages_out_width(arch[: len(arch) - len(blocks)],
+                                 ctx.plugins.space.model_kwargs()),)
 
-    def reference_network(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec]
-                          ) -> tuple[EfficientNet, int]:
-        """The whole network with each block's first candidate, and its number of fixed stages."""
+    def reference_network(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
+                          last: dnax.Candidate | None = None) -> tuple[EfficientNet, int]:
+        """The whole network with each block's first candidate (the last block's: ``last``
+        when given), and its number of fixed stages."""
         space = ctx.plugins.space
         chosen = [self.candidates(ctx, b)[0] for b in blocks]
+        if last is not None:
+            chosen[-1] = last
         arch = space.arch_def(blocks, chosen)
         model = build_network(arch, ctx.plugins.data.num_classes, space.model_kwargs())
         return model.eval(), len(arch) - len(blocks)
+
+    def _head_deltas(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
+                     candidates: Sequence[dnax.Candidate]) -> np.ndarray:
+        """Per candidate of the last block: the fixed part's cost after its cell's width minus
+        the fixed part's cost after the first cell's (0 where all cells share one width)."""
+        cells = ctx.plugins.space.cells(blocks[-1])
+        if len({c.out_chs for c in cells}) == 1:
+            return np.zeros(len(candidates))
+        firsts: dict[int, dnax.Candidate] = {}
+        for cand in self.candidates(ctx, blocks[-1]):
+            firsts.setdefault(cand.cell, cand)
+        base = self.fixed_cost(ctx, blocks)
+        delta: dict[int, float] = {}
+        for c in cells:
+            if c.out_chs not in delta:
+                model, n_fixed = self.reference_network(ctx, blocks, firsts[c.index])
+                delta[c.out_chs] = float(self.fixed_part(ctx, model, n_fixed, blocks)) - base
+        width = {c.index: c.out_chs for c in cells}
+        return np.array([delta[width[cand.cell]] for cand in candidates])
 
     def _layer(self, ctx: dnax.StageContext, sig: LayerSig, kwargs: Mapping[str, Any]
                ) -> tuple[float, int, int]:

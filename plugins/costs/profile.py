@@ -133,7 +133,7 @@ class Profiler(TableCost):
         head_ms, _ = time_call(head_part(model), x.clone(), repeats=self.repeats,
                                warmup=self.warmup)
         ctx.progress("fixed parts", 2, 2)
-        self.fixed = {keys["stem"]: stem_ms, keys["head"]: head_ms}
+        self.fixed.update({keys["stem"]: stem_ms, keys["head"]: head_ms})
         return stem_ms + head_ms
 
 

@@ -21,31 +21,39 @@ from .tree import METRICS, cell_shape, make_groups, score_weights, shard_prefixe
 class PrefixConfig:
     """Scores every candidate on held-out images with a prefix-shared tree walk."""
 
-    batches: int = field(default=2, validator=dnax.positive, metadata={
-        "help": "held-out batches every candidate is scored on (the official code: 20 on GPU)"})
-    batch_size: int = field(default=32, validator=dnax.positive, metadata={
-        "help": "images per held-out batch"})
-    recalib: Literal["same", "separate", "off"] = field(default="same", metadata={
-        "help": "BatchNorm recalibration per prefix: 'same' on each scoring batch (official "
-                "code), 'separate' on recalib_batches other held-out batches, 'off' none"})
+    batches: int = field(default=16, validator=dnax.positive, metadata={
+        "help": "held-out batches every candidate is scored on (the official code: about 19 "
+                "of 64 per GPU); a smaller heldout split is used whole, with one log line"})
+    batch_size: int = field(default=64, validator=dnax.positive, metadata={
+        "help": "images per held-out batch (and per recalibration batch)"})
+    recalib: Literal["train", "same", "separate", "off"] = field(default="train", metadata={
+        "help": "BatchNorm recalibration of every candidate: 'train' on recalib_batches fixed "
+                "batches of train-split images, drawn once (official code), 'same' on each "
+                "scoring batch itself, 'separate' on recalib_batches held-out batches that "
+                "are not scored, 'off' none (the supernet's statistics)"})
     recalib_batches: int = field(default=1, validator=dnax.positive, metadata={
-        "help": "held-out batches that recalibrate BatchNorm when recalib = 'separate'"})
-    normalise: Literal["channel", "global"] = field(default="channel", metadata={
-        "help": "nmse/nmae divide by the teacher output's variance/std per channel or overall"})
+        "help": "batches of batch_size images that recalibrate BatchNorm when recalib = "
+                "'train' or 'separate'"})
+    normalise: Literal["global", "channel"] = field(default="global", metadata={
+        "help": "nmse/nmae divide by the teacher output's variance/std over the whole tensor "
+                "(official) or per channel (each std floored at 0.1 x the global one)"})
     shard_depth: int = field(default=2, validator=dnax.positive, metadata={
         "help": "under torchrun, sub-trees under op prefixes of this many layers go to ranks"})
     amp: bool = field(default=True, metadata={"help": "autocast (bfloat16/float16) on CUDA"})
     num_workers: int = field(default=0, validator=dnax.non_negative, metadata={
-        "help": "DataLoader worker processes for the held-out images"})
+        "help": "DataLoader worker processes for the held-out and recalibration images"})
 
 
 class PrefixEvaluator(dnax.Evaluator):
     """Rank every candidate of every block by its distillation error on held-out images.
 
-    The teacher runs once per held-out batch for all blocks; per block, each cell's tree of op
-    choices is walked depth first so candidates sharing their first j layers share those layers'
-    forwards and BatchNorm recalibration. Scores: mse, nmse (MSE / var of the teacher's output)
-    and nmae (mean |s - t| / std, the ranking key). Sub-trees are split across torchrun ranks.
+    The teacher runs once per held-out (and recalibration) batch for all blocks; per block,
+    each cell's tree of op choices is walked depth first so candidates sharing their first j
+    layers share those layers' forwards and BatchNorm recalibration. By default, as the
+    official code, every candidate's BatchNorm is recalibrated on one fixed batch of training
+    images and scored on 1,024 held-out images. Scores: mse, nmse (MSE / var of the teacher's
+    output) and nmae (mean |s - t| / std(t), the ranking key). Sub-trees are split across
+    torchrun ranks. docs/ranking.md explains the choices.
     """
 
     Config = PrefixConfig
@@ -95,51 +103,75 @@ class PrefixEvaluator(dnax.Evaluator):
     def _features(self, ctx: dnax.StageContext, teacher_result: dnax.TeacherResult,
                   num_blocks: int) -> tuple[list[list[torch.Tensor]], ...]:
         """Per block, the teacher's block inputs and outputs of the scoring batches and the block
-        inputs of the recalibration batches; one teacher forward per batch, cached on device."""
+        inputs of the recalibration batches; one teacher forward per batch, cached on device.
+
+        Scoring: the first ``batches x batch_size`` images (whole batches) of a permutation of
+        the heldout split seeded by the pipeline seed; ``separate``: the next
+        ``recalib_batches x batch_size`` of it; ``train``: the first ``recalib_batches x
+        batch_size`` of a permutation of the train split (no augmentation), same seed."""
         cfg = self.config
-        dataset = ctx.plugins.data.dataset("heldout", ctx.data_config)
+        data = ctx.plugins.data
+        dataset = data.dataset("heldout", ctx.data_config)
         n = len(dataset)
         if n == 0:
             raise dnax.DataError("$.data: the heldout split has no images")
-        # the same seeded subset on every rank: ranks split candidates, not images
+        # the same seeded subsets on every rank: ranks split candidates, not images
         order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
-        n_score = min(n, cfg.batches * cfg.batch_size)
-        if n_score >= cfg.batch_size:
-            n_score -= n_score % cfg.batch_size  # full batches only: BN needs > 1 value
+        wanted = cfg.batches * cfg.batch_size
+        n_score = _full_batches(min(n, wanted), cfg.batch_size)
         score_idx = order[:n_score]
-        recal_idx: list[int] = []
+        recal_set, recal_idx = dataset, []
         if cfg.recalib == "separate":
             recal_idx = order[n_score:n_score + cfg.recalib_batches * cfg.batch_size]
             if not recal_idx:
                 raise dnax.DataError(f"$.evaluator.recalib_batches: the heldout split's {n} "
                                      "images are all used for scoring; lower batches")
-        if n_score < cfg.batches * cfg.batch_size:
-            ctx.log(f"heldout split has {n} images: scoring on {n_score}")
+            recal_idx = recal_idx[:_full_batches(len(recal_idx), cfg.batch_size)]
+        elif cfg.recalib == "train":  # one fixed draw of training images, as the official code
+            recal_set = data.dataset("train", ctx.data_config, augment=False)
+            m = len(recal_set)
+            if m == 0:
+                raise dnax.DataError("$.evaluator.recalib: the train split has no images to "
+                                     "recalibrate BatchNorm on; use 'same' or 'off'")
+            train_order = torch.randperm(
+                m, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
+            recal_idx = train_order[:_full_batches(min(m, cfg.recalib_batches * cfg.batch_size),
+                                                   cfg.batch_size)]
+        if n_score < wanted:
+            ctx.log(f"$.evaluator: the heldout split has {n} images, fewer than batches x "
+                    f"batch_size = {wanted}: every candidate is scored on {n_score}")
         model = ctx.plugins.teacher.load(ctx, teacher_result)
         inputs: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
         targets: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
         recal: list[list[torch.Tensor]] = [[] for _ in range(num_blocks)]
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, score_idx + recal_idx), batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers, pin_memory=ctx.device.startswith("cuda"))
-        n_scoring = math.ceil(n_score / cfg.batch_size)
-        for k, (images, _) in enumerate(loader):
-            scoring = k < n_scoring
-            images = images.to(ctx.device, non_blocking=True)
-            with torch.no_grad():
-                feats = ctx.plugins.teacher.block_features(model, images)
-            if len(feats) != num_blocks + 1:
-                raise dnax.PluginError(f"$.teacher: block_features gave {len(feats)} tensors for "
-                                       f"{num_blocks} blocks (expected {num_blocks + 1})")
-            for b in range(num_blocks):
-                if scoring:
-                    inputs[b].append(feats[b].float())
-                    targets[b].append(feats[b + 1].float())
-                else:
-                    recal[b].append(feats[b].float())
-            ctx.progress("teacher features", k + 1, len(loader))
+        loaders = [(self._loader(ctx, dataset, score_idx), True)]
+        if recal_idx:
+            loaders.append((self._loader(ctx, recal_set, recal_idx), False))
+        steps, total = 0, sum(len(loader) for loader, _ in loaders)
+        for loader, scoring in loaders:
+            for images, _ in loader:
+                images = images.to(ctx.device, non_blocking=True)
+                with torch.no_grad():
+                    feats = ctx.plugins.teacher.block_features(model, images)
+                if len(feats) != num_blocks + 1:
+                    raise dnax.PluginError(f"$.teacher: block_features gave {len(feats)} tensors "
+                                           f"for {num_blocks} blocks (expected {num_blocks + 1})")
+                for b in range(num_blocks):
+                    if scoring:
+                        inputs[b].append(feats[b].float())
+                        targets[b].append(feats[b + 1].float())
+                    else:
+                        recal[b].append(feats[b].float())
+                steps += 1
+                ctx.progress("teacher features", steps, total)
         del model
         return inputs, targets, recal
+
+    def _loader(self, ctx: dnax.StageContext, dataset: torch.utils.data.Dataset,
+                indices: list[int]) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, indices), batch_size=self.config.batch_size,
+            num_workers=self.config.num_workers, pin_memory=ctx.device.startswith("cuda"))
 
     def _score_block(self, ctx: dnax.StageContext, spec: dnax.BlockSpec,
                      supernet: torch.nn.Module, inputs: list[torch.Tensor],
@@ -172,6 +204,12 @@ class PrefixEvaluator(dnax.Evaluator):
 
             tdist.reduce(scores, dst=0, op=tdist.ReduceOp.SUM)
         return (scores.cpu().numpy() if ctx.dist.is_main else None), shapes
+
+
+def _full_batches(n: int, batch_size: int) -> int:
+    """``n`` rounded down to whole batches (BatchNorm needs > 1 value), or ``n`` when that is
+    less than one batch."""
+    return n - n % batch_size if n >= batch_size else n
 
 
 def _rows_of(candidates: Sequence[dnax.Candidate], shapes: Sequence[tuple[int, ...]]

@@ -29,6 +29,11 @@ from dnax.plugins.toolkit.training import amp_dtype, autocast
 METRICS: tuple[str, ...] = ("mse", "nmse", "nmae")
 
 Normalise = Literal["channel", "global"]
+Recalib = Literal["train", "same", "separate", "off"]
+
+#: with ``normalise="channel"``, each channel's std is floored at this share of the std of the
+#: whole teacher output (the ``global`` normaliser): no channel weighs more than 10x it
+CHANNEL_STD_FLOOR = 0.1
 
 
 @frozen
@@ -42,31 +47,34 @@ class Group:
 
 
 def make_groups(inputs: Sequence[Tensor], targets: Sequence[Tensor], *,
-                recal: Literal["same", "separate", "off"] = "same",
-                recal_inputs: Sequence[Tensor] = ()) -> list[Group]:
-    """Groups for the three recalibration modes.
+                recal: Recalib = "same", recal_inputs: Sequence[Tensor] = ()) -> list[Group]:
+    """Groups for the recalibration modes.
 
-    ``same``: each scoring batch recalibrates on itself, as the official code did (one group per
-    batch); ``separate``: ``recal_inputs`` recalibrate once for all scoring batches; ``off``: the
+    ``train`` and ``separate``: ``recal_inputs`` (block inputs of training images, or of
+    held-out images that are not scored) recalibrate once for all scoring batches, one group;
+    ``same``: each scoring batch recalibrates on itself (one group per batch); ``off``: the
     trained statistics are used.
     """
     if recal == "same":
         return [Group((x,), (t,), (x,)) for x, t in zip(inputs, targets, strict=True)]
-    if recal == "separate":
+    if recal in ("train", "separate"):
         if not recal_inputs:
-            raise ValueError("recal='separate' needs recal_inputs")
+            raise ValueError(f"recal={recal!r} needs recal_inputs")
         return [Group(inputs, targets, recal_inputs)]
+    if recal != "off":
+        raise ValueError(f"unknown recal mode {recal!r}")
     return [Group(inputs, targets)]
 
 
-def score_weights(targets: Sequence[Tensor], normalise: Normalise = "channel") -> Tensor:
+def score_weights(targets: Sequence[Tensor], normalise: Normalise = "global") -> Tensor:
     """Weights ``W`` (3 x C) so that ``W @ [sq, sq, abs]`` sums give mse, nmse and nmae.
 
     With per-channel sums ``sq_c`` of (s-t)^2 and ``ab_c`` of |s-t| over all ``targets``:
     mse = sum(sq_c) / n, nmse = sum(sq_c / var_c) / n, nmae = sum(ab_c / std_c) / n, with ``n``
-    the number of target elements and var/std of the teacher's output per channel
-    (``channel``) or over all of it (``global``). Channels of (near) zero variance are floored at
-    1e-6 of the mean variance.
+    the number of target elements and var/std of the teacher's output over all of it
+    (``global``: nmae is the official mean |s - t| / std(t)) or per channel (``channel``: the
+    mean over channels of each channel's normalised error). A channel's std is floored at
+    :data:`CHANNEL_STD_FLOOR` x the global std, so a near-constant channel cannot dominate.
     """
     dims = _reduce_dims(targets[0])
     t64 = [t.detach().double() for t in targets]
@@ -74,11 +82,14 @@ def score_weights(targets: Sequence[Tensor], normalise: Normalise = "channel") -
     per = count / t64[0].shape[1]
     mean = sum(t.sum(dims) for t in t64) / per
     var = sum(((t - _bcast(mean, t)) ** 2).sum(dims) for t in t64) / per
+    gvar = (var + (mean - mean.mean()) ** 2).mean()  # over the whole tensor
     if normalise == "global":
-        gmean = mean.mean()
-        gvar = (var + (mean - gmean) ** 2).mean()
         var = gvar.expand_as(var)
-    var = var.clamp_min(float(var.mean()) * 1e-6 + 1e-30)
+    elif normalise == "channel":
+        var = var.clamp_min(float(gvar) * CHANNEL_STD_FLOOR ** 2)
+    else:
+        raise ValueError(f"unknown normalise {normalise!r} (channel, global)")
+    var = var.clamp_min(1e-30)  # an all-constant teacher output
     ones = torch.ones_like(var)
     w = torch.stack((ones, 1 / var, var.rsqrt())) / count
     return w.to(device=targets[0].device, dtype=torch.float32)

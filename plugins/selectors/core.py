@@ -59,11 +59,14 @@ class _Timeout(Exception):
 def lagrangian(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: np.ndarray
                ) -> tuple[np.ndarray | None, float]:
     """Multipliers maximising the Lagrangian bound (the LP relaxation's duals, by HiGHS), and
-    the LP's optimum; ``(None, inf)`` when even the LP relaxation is infeasible."""
+    the LP's optimum; ``(None, inf)`` when even the LP relaxation is infeasible. ``costs[i]``
+    is (candidates, budgets)."""
     import scipy.sparse as sp
     from scipy.optimize import linprog
 
     m = budgets.size
+    if m == 0:
+        return np.zeros(0), float(sum(s.min() for s in scores))
     sizes = [len(s) for s in scores]
     n = sum(sizes)
     scale = np.where(budgets > 0, budgets, 1.0)
@@ -79,41 +82,78 @@ def lagrangian(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budget
     return np.maximum(-np.asarray(res.ineqlin.marginals), 0.0) / scale, float(res.fun)
 
 
+@dataclass(frozen=True)
+class _Block:
+    """One block prepared for enumeration: per row (width entering it) the candidates sorted by
+    reduced cost; its scores, costs (rows, candidates, budgets) and links (next block's row)."""
+
+    red: tuple[np.ndarray, ...]
+    order: tuple[np.ndarray, ...]
+    scores: np.ndarray
+    costs: np.ndarray
+    links: np.ndarray
+
+    def core(self, gap: float) -> tuple[int, ...]:
+        return tuple(int(np.searchsorted(r, gap, side="right")) for r in self.red)
+
+
 def solve_core(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: np.ndarray,
-               *, top_k: int = 1, time_limit: float | None = None,
+               *, links: Sequence[np.ndarray] | None = None, top_k: int = 1,
+               time_limit: float | None = None,
                progress: Callable[[str, float], None] | None = None) -> CoreResult:
     """The ``top_k`` best networks within ``budgets`` (see the module docstring).
 
-    ``scores[i]`` (candidates,) and ``costs[i]`` (candidates, budgets) must be finite.
-    ``progress(message, lower_bound)`` is called after every pass.
+    ``scores[i]`` (candidates,) and ``costs[i]`` (candidates, budgets) must be finite. Where
+    the cost of a block depends on the width the previous block passes on, ``costs[i]`` is
+    (rows, candidates, budgets) and ``links[i - 1][j]`` is the row of block ``i`` that candidate
+    ``j`` of block ``i - 1`` selects; the bound then follows the chain (a shortest path over the
+    rows) and blocks are merged in order. ``progress(message, lower_bound)`` is called after
+    every pass.
     """
     deadline = None if time_limit is None else time.monotonic() + time_limit
     budgets = np.asarray(budgets, dtype=np.float64)
-    lam, _ = lagrangian(scores, costs, budgets)
+    m = budgets.size
+    cube = [np.asarray(c, dtype=np.float64).reshape(-1, len(s), m) if np.size(c)
+            else np.zeros((1, len(s), m)) for s, c in zip(scores, costs, strict=True)]
+    coupled = any(c.shape[0] > 1 for c in cube)
+    nxt = [np.zeros(len(s), dtype=np.int64) for s in scores]
+    if links is not None:
+        for i, link in enumerate(links[: len(scores) - 1]):
+            nxt[i] = np.asarray(link, dtype=np.int64)
+    lam, _ = lagrangian(scores, [c.min(axis=0) for c in cube], budgets)
     if lam is None:
         raise NoFeasibleNetworkError("no network fits all budgets at once (even the LP "
                                      "relaxation is infeasible)")
-    w = [s + c @ lam for s, c in zip(scores, costs, strict=True)]
-    wmin = np.array([x.min() for x in w])
-    lb = float(wmin.sum() - lam @ budgets)
-    r = [x - x0 for x, x0 in zip(w, wmin, strict=True)]
-    order_r = [np.argsort(x, kind="stable") for x in r]
-    blocks = [(r[i][o], scores[i][o], costs[i][o], o) for i, o in enumerate(order_r)]
-    cmin = np.array([c.min(axis=0) for c in costs])
+    # reduced costs along the chain: V_i(row) = min_j w_i(row, j) + V_{i+1}(link(j))
+    value = np.zeros(1)
+    prepared: list[_Block] = []
+    for i in range(len(scores) - 1, -1, -1):
+        w = scores[i][None, :] + cube[i] @ lam + value[nxt[i]][None, :]
+        row_min = w.min(axis=1)
+        red = w - row_min[:, None]
+        order = tuple(np.argsort(r, kind="stable") for r in red)
+        prepared.append(_Block(tuple(r[o] for r, o in zip(red, order, strict=True)), order,
+                               scores[i], cube[i], nxt[i]))
+        value = row_min
+    blocks = prepared[::-1]
+    if cube[0].shape[0] != 1:
+        raise ValueError("the first block has one entering width")
+    lb = float(value[0] - lam @ budgets)
+    cmin = np.array([c.min(axis=(0, 1)) for c in cube]).reshape(len(cube), m)
     smin = np.array([s.min() for s in scores])
     scale = max(1.0, abs(lb))
-    spread = float(np.median([np.median(x) for x in r]))
+    spread = float(np.median([np.median(b.red[0]) for b in blocks]))
     gap = max(EPS * scale, 1e-3 * spread)
     best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     proven, passes, largest, core = lb, 0, 0, ()
-    full = float(sum(x[-1] for x, *_ in blocks))  # every network lies within this gap
+    full = float(sum(max(r[-1] for r in b.red) for b in blocks))  # every network lies within
     while True:
         if passes and deadline is not None and time.monotonic() > deadline:
             break
         bound = np.inf if best is None or len(best[1]) < top_k else float(best[1][-1])
         try:  # the first pass (the smallest gap) always runs to its end
-            found, rows, core = _enumerate(blocks, cmin, smin, budgets, gap, bound, top_k,
-                                           deadline if passes else None)
+            found, rows, core = _enumerate(blocks, coupled, cmin, smin, budgets, gap, bound,
+                                           top_k, deadline if passes else None)
         except _Timeout:
             break
         passes += 1
@@ -154,41 +194,54 @@ def _top(best: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     return found[0][order], found[1][order], found[2][order]
 
 
-def _enumerate(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-               cmin: np.ndarray, smin: np.ndarray, budgets: np.ndarray, gap: float,
-               bound: float, k: int, deadline: float | None
+def _enumerate(blocks: list[_Block], coupled: bool, cmin: np.ndarray, smin: np.ndarray,
+               budgets: np.ndarray, gap: float, bound: float, k: int, deadline: float | None
                ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, int,
                           tuple[int, ...]]:
     """Every feasible network with reduced costs summing to at most ``gap`` and score at most
-    ``bound``; the ``k`` best of them (or None), the most partial networks held, core sizes."""
-    core = tuple(int(np.searchsorted(r, gap, side="right")) for r, *_ in blocks)
-    order = sorted(range(len(blocks)), key=lambda i: core[i])
+    ``bound``; the ``k`` best of them (or None), the most partial networks held, core sizes.
+    Uncoupled blocks are merged smallest core first, coupled ones in chain order."""
+    cores = [b.core(gap) for b in blocks]
+    core = tuple(max(c) for c in cores)
+    order = (list(range(len(blocks))) if coupled
+             else sorted(range(len(blocks)), key=lambda i: core[i]))
     tol = EPS * np.maximum(np.abs(budgets), 1.0)
-    first = order[0]
-    r0, s0, c0, idx0 = (x[: core[first]] for x in blocks[first])
-    R, S, C = r0, s0, c0
-    choice = idx0[:, None]
+    slack = EPS * max(1.0, abs(bound))
+    first = blocks[order[0]]
+    idx = first.order[0][: cores[order[0]][0]]
+    R, S, C = first.red[0][: len(idx)], first.scores[idx], first.costs[0, idx]
+    choice, row = idx[:, None], first.links[idx]
     largest = len(R)
     for step, i in enumerate(order[1:], 1):
         rest = order[step + 1:]
         c_rest = cmin[rest].sum(axis=0) if rest else np.zeros_like(budgets)
         s_rest = float(smin[rest].sum()) if rest else 0.0
-        ri, si, ci, idxi = (x[: core[i]] for x in blocks[i])
+        blk = blocks[i]
         keep = (C + cmin[i] + c_rest <= budgets + tol).all(axis=1)
-        keep &= S + smin[i] + s_rest <= bound + EPS * max(1.0, abs(bound))
-        R, S, C, choice = R[keep], S[keep], C[keep], choice[keep]
-        counts = np.searchsorted(ri, gap - R, side="right")
-        total = int(counts.sum())
-        if total > MAX_ROWS:  # too wide a gap to hold: treat as a pass not finished
-            raise _Timeout
-        a = np.repeat(np.arange(len(R)), counts)
-        j = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        R2, S2, C2 = R[a] + ri[j], S[a] + si[j], C[a] + ci[j]
-        ok = (C2 + c_rest <= budgets + tol).all(axis=1)
-        ok &= S2 + s_rest <= bound + EPS * max(1.0, abs(bound))
-        R, S, C = R2[ok], S2[ok], C2[ok]
-        choice = np.concatenate([choice[a[ok]], idxi[j[ok], None]], axis=1)
-        largest = max(largest, total)
+        keep &= S + smin[i] + s_rest <= bound + slack
+        R, S, C, choice, row = R[keep], S[keep], C[keep], choice[keep], row[keep]
+        if not coupled:
+            row = np.zeros_like(row)
+        parts = []
+        for a in np.unique(row) if len(row) else ():
+            sel = np.flatnonzero(row == a)
+            ri, cand = blk.red[a][: cores[i][a]], blk.order[a][: cores[i][a]]
+            counts = np.searchsorted(ri, gap - R[sel], side="right")
+            total = int(counts.sum())
+            if total > MAX_ROWS:  # too wide a gap to hold: treat as a pass not finished
+                raise _Timeout
+            largest = max(largest, total)
+            p = np.repeat(sel, counts)
+            q = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            j = cand[q]
+            S2, C2 = S[p] + blk.scores[j], C[p] + blk.costs[a, j]
+            ok = (C2 + c_rest <= budgets + tol).all(axis=1) & (S2 + s_rest <= bound + slack)
+            parts.append((R[p[ok]] + ri[q[ok]], S2[ok], C2[ok],
+                          np.concatenate([choice[p[ok]], j[ok, None]], axis=1),
+                          blk.links[j[ok]]))
+        if not parts:
+            return None, largest, core
+        R, S, C, choice, row = (np.concatenate(x) for x in zip(*parts, strict=True))
         if deadline is not None and time.monotonic() > deadline:
             raise _Timeout
     feasible = (budgets + tol >= C).all(axis=1)

@@ -11,6 +11,7 @@ from attrs import field, frozen
 
 import dnax
 
+from .coupling import cost_tables, network_costs
 from .pareto import Network, solve
 
 Normalise = Literal["none", "minmax", "zscore", "rank"]
@@ -106,8 +107,7 @@ class Exact(dnax.Selector):
                     f"$.selector.key: block {r.block}'s ranking has no score {cfg.key!r} "
                     f"(it has: {', '.join(sorted(r.scores))})")
             scores.append(normalise(r.scores[cfg.key], cfg.normalise))
-        table = [np.stack([np.asarray(r.costs[m], dtype=np.float64) for m in metrics], axis=1)
-                 if metrics else np.zeros((len(r.candidates), 0)) for r in rankings]
+        table, links = cost_tables(rankings, metrics)
         fixed = np.array([fixed_costs[m] for m in metrics], dtype=np.float64)
         budgets = np.array([cfg.budgets[m] for m in metrics], dtype=np.float64) - fixed
         skipped = sum(int((~np.isfinite(s)).sum()) for s in scores)
@@ -123,7 +123,7 @@ class Exact(dnax.Selector):
 
         t0 = time.perf_counter()
         sol = solve(scores, table, budgets, top_k=cfg.top_k, names=metrics, fixed=fixed,
-                    time_limit=cfg.time_limit, progress=progress)
+                    time_limit=cfg.time_limit, progress=progress, links=links)
         seconds = time.perf_counter() - t0
         if not sol.optimal:
             ctx.log(f"exact: time limit of {cfg.time_limit:g} s reached: the best network found "
@@ -132,7 +132,7 @@ class Exact(dnax.Selector):
 
         def entry(net: Network) -> dict[str, Any]:
             return {"candidates": list(net.choice), "score": net.score,
-                    "costs": _totals(rankings, fixed_costs, net.choice)}
+                    "costs": network_costs(rankings, fixed_costs, net.choice)}
 
         best = sol.top[0]
         if ctx.dist.is_main:
@@ -154,16 +154,8 @@ class Exact(dnax.Selector):
                 f"{len(sol.front_scores)} networks; {seconds * 1e3:.1f} ms")
         ctx.progress("select", 1, 1, score=best.score)
         return dnax.Selection(best.choice, best.score,
-                              _totals(rankings, fixed_costs, best.choice), dict(cfg.budgets),
+                              network_costs(rankings, fixed_costs, best.choice), dict(cfg.budgets),
                               optimal=sol.optimal, gap=sol.gap)
-
-
-def _totals(rankings: Sequence[dnax.BlockRanking], fixed_costs: Mapping[str, float],
-            choice: Sequence[int]) -> dict[str, float]:
-    """Every metric's whole-network cost of ``choice``: fixed part plus chosen candidates."""
-    return {m: float(f + sum(float(r.costs[m][i]) for r, i in zip(rankings, choice,
-                                                                   strict=True)))
-            for m, f in fixed_costs.items()}
 
 
 @dnax.hookimpl

@@ -88,7 +88,8 @@ class Solution:
 def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Sequence[float],
           *, top_k: int = 1, names: Sequence[str] | None = None,
           fixed: Sequence[float] | None = None, time_limit: float | None = None,
-          progress: Callable[[str, float], None] | None = None) -> Solution:
+          progress: Callable[[str, float], None] | None = None,
+          links: Sequence[np.ndarray] | None = None) -> Solution:
     """The ``top_k`` best networks and the Pareto front of those within ``budgets``.
 
     ``scores[i]`` has one entry per candidate of block ``i``; ``costs[i]`` has shape
@@ -101,6 +102,11 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
     networks' non-dominated ones). ``time_limit`` (seconds) and ``progress`` apply to the
     latter: past the limit it returns the best networks found, ``optimal=False``, and the proven
     ``lower_bound``.
+
+    Where a block's costs depend on the width the previous block passes on, ``costs[i]`` is
+    (rows, candidates, budgets) and ``links[i - 1][j]`` the row that candidate ``j`` of block
+    ``i - 1`` selects (see ``dnax.BlockRanking``); the core solver then solves it, whatever the
+    number of budgets.
     """
     budgets = np.asarray(budgets, dtype=np.float64).reshape(-1)
     m = budgets.size
@@ -109,13 +115,17 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
     if top_k < 1:
         raise ValueError("top_k must be >= 1")
     blocks: list[Block] = []
+    cubes: list[np.ndarray] = []
     for i, (s, c) in enumerate(zip(scores, costs, strict=True)):
         s = np.asarray(s, dtype=np.float64).reshape(-1)
-        c = np.asarray(c, dtype=np.float64).reshape(len(s), m)
-        ok = np.flatnonzero(np.isfinite(s) & np.isfinite(c).all(axis=1))
+        c = np.asarray(c, dtype=np.float64)  # (rows, candidates, m) or (candidates, m)
+        c = c.reshape(-1, len(s), m) if c.size else np.zeros((1, len(s), m))
+        ok = np.flatnonzero(np.isfinite(s) & np.isfinite(c).all(axis=(0, 2)))
         if ok.size == 0:
             raise NoFeasibleNetworkError(f"block {i}: no candidate has a finite score and cost")
-        blocks.append((s[ok], c[ok], ok))
+        blocks.append((s[ok], c[:, ok].min(axis=0), ok))  # the cheapest row where several
+        cubes.append(c[:, ok])
+    coupled = any(c.shape[0] > 1 for c in cubes)
 
     mins = np.array([c.min(axis=0) for _, c, _ in blocks]).reshape(len(blocks), m)
     cheapest = mins.sum(axis=0)
@@ -125,8 +135,14 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
             f"no network fits {names[j]} <= {_num(budgets[j] + fixed_arr[j])}: the cheapest "
             f"costs {_num(cheapest[j] + fixed_arr[j])}" for j in over))
 
-    if m >= 3:
-        return _solve_core(blocks, budgets, top_k, names, fixed_arr, time_limit, progress)
+    if m >= 3 or coupled:
+        link = None
+        if coupled:
+            if links is None:
+                raise ValueError("costs with several rows need links")
+            link = [np.asarray(x)[ok] for x, (_, _, ok) in zip(links, blocks, strict=False)]
+        return _solve_core(blocks, cubes, link, budgets, top_k, names, fixed_arr, time_limit,
+                           progress)
     front = _merge(blocks, mins, budgets, 1, np.inf, np.zeros(m))
     if front is None:
         raise NoFeasibleNetworkError(_joint_message(blocks, names, budgets, fixed_arr))
@@ -148,14 +164,15 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
     return Solution(top, choices, S, C, kept, largest)
 
 
-def _solve_core(blocks: list[Block], budgets: np.ndarray, top_k: int, names: list[str],
-                fixed: np.ndarray, time_limit: float | None,
-                progress: Callable[[str, float], None] | None) -> Solution:
+def _solve_core(blocks: list[Block], cubes: list[np.ndarray], links: list[np.ndarray] | None,
+                budgets: np.ndarray, top_k: int, names: list[str], fixed: np.ndarray,
+                time_limit: float | None, progress: Callable[[str, float], None] | None
+                ) -> Solution:
     from .core import solve_core
 
     try:
-        res = solve_core([s for s, _, _ in blocks], [c for _, c, _ in blocks], budgets,
-                         top_k=top_k, time_limit=time_limit, progress=progress)
+        res = solve_core([s for s, _, _ in blocks], cubes, budgets, links=links, top_k=top_k,
+                         time_limit=time_limit, progress=progress)
     except NoFeasibleNetworkError as e:
         if "time limit" in str(e):
             raise

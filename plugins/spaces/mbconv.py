@@ -22,7 +22,7 @@ from .presets import PRESETS
 
 #: timm's arch-string suffix of each activation (swish is the network default: no suffix)
 ACT_SUFFIX = {"swish": "", "relu": "_nre", "relu6": "_nr6", "hard_swish": "_nhs", "mish": "_nmi"}
-_VERSION = 1
+_VERSION = 2  # 2: cells of one block may differ in width
 
 
 def _odd(_inst: Any, _attr: Any, value: tuple[int, ...]) -> None:
@@ -54,13 +54,15 @@ def _arch_strings(_inst: Any, _attr: Any, value: tuple[str, ...]) -> None:
         raise ValueError(f"not a timm arch string stage: {list(value)} ({e})") from None
 
 
-def _one_width(_inst: Any, _attr: Any, value: tuple[CellConfig, ...]) -> None:
+def _distinct_cells(_inst: Any, _attr: Any, value: tuple[CellConfig, ...]) -> None:
     if not value:
         raise ValueError("a block needs at least one cell")
-    widths = {c.width for c in value}
-    if len(widths) > 1:
-        raise ValueError("cells of one block must share one width (the next block and the head "
-                         f"are built for it), got {sorted(widths, key=str)}")
+    for i, a in enumerate(value):
+        for j in range(i):
+            if (value[j].depth, value[j].width) == (a.depth, a.width):
+                width = a.width if a.width is not None else "the teacher block's"
+                raise ValueError(f"cells {j} and {i} are identical (depth {a.depth}, width "
+                                 f"{width}); give them other depths or widths")
 
 
 @frozen
@@ -76,7 +78,7 @@ class CellConfig:
 class BlockConfig:
     """The cells searched for one block."""
 
-    cells: tuple[CellConfig, ...] = field(validator=_one_width, metadata={
+    cells: tuple[CellConfig, ...] = field(validator=_distinct_cells, metadata={
         "help": "cells of the block ([{depth = 2, width = 24}, ...])"})
 
 
@@ -204,53 +206,71 @@ class MBConvSpace(dnax.SearchSpace):
                                    f"the teacher has at least {spec.index + 1}")
         return self.layout[spec.index]
 
-    def widths(self, spec: dnax.BlockSpec) -> tuple[int, int]:
-        """(student input width, student width) of ``spec``'s cells."""
-        width = self._layout(spec)[0][1]
-        out = round_width(width or spec.out_chs)
-        if spec.index == 0:
-            return self.stem_width, out
-        prev = self.layout[spec.index - 1][0][1]
-        return round_width(prev or spec.in_chs), out
+    def cell_width(self, spec: dnax.BlockSpec, cell: int) -> int:
+        """Output channels of cell ``cell`` of ``spec`` (the teacher block's when not given),
+        rounded as timm rounds channels."""
+        return round_width(self._layout(spec)[cell][1] or spec.out_chs)
 
-    def arch(self, spec: dnax.BlockSpec, layer: int, op: int) -> str:
-        """The timm arch string of ``op`` at ``layer`` of a cell of ``spec``."""
+    def input_width(self, spec: dnax.BlockSpec) -> int:
+        """The width the supernet's cells of ``spec`` take: the stem stage's for block 0, else
+        the previous block's first cell's. (In the final network a block's first layer takes
+        the width of the cell chosen before it; the cost models count it that way.)"""
+        if spec.index == 0:
+            return self.stem_width
+        prev = self.layout[spec.index - 1][0][1]
+        return round_width(prev or spec.in_chs)
+
+    def widths(self, spec: dnax.BlockSpec) -> tuple[int, int]:
+        """(student input width, width of the first cell) of ``spec``."""
+        return self.input_width(spec), self.cell_width(spec, 0)
+
+    def arch(self, spec: dnax.BlockSpec, layer: int, op: int, cell: int = 0) -> str:
+        """The timm arch string of ``op`` at ``layer`` of cell ``cell`` of ``spec``."""
         k, e = self.op_choices[op]
         stride = spec.stride if layer == 0 else 1
         se = f"_se{self.config.se_ratio:g}" if self.config.se_ratio else ""
-        return (f"ir_r1_k{k}_s{stride}_e{e:g}_c{self.widths(spec)[1]}{se}"
+        return (f"ir_r1_k{k}_s{stride}_e{e:g}_c{self.cell_width(spec, cell)}{se}"
                 f"{ACT_SUFFIX[self.config.act]}")
 
     # --- the SearchSpace interface -----------------------------------------------------------
 
     def cells(self, spec: dnax.BlockSpec) -> tuple[dnax.CellSpec, ...]:
-        out = self.widths(spec)[1]
-        return tuple(dnax.CellSpec(i, depth, out, self.op_names)
-                     for i, (depth, _) in enumerate(self._layout(spec)))
+        out = tuple(dnax.CellSpec(i, depth, self.cell_width(spec, i), self.op_names)
+                    for i, (depth, _) in enumerate(self._layout(spec)))
+        for i, a in enumerate(out):
+            for b in out[:i]:
+                if (a.depth, a.out_chs) == (b.depth, b.out_chs):
+                    raise dnax.ConfigError(
+                        f"$.space.blocks[{spec.index}].cells: cells {b.index} and {a.index} are "
+                        f"identical (depth {a.depth}, width {a.out_chs}); give them other "
+                        "depths or widths")
+        return out
 
     def candidates(self, spec: dnax.BlockSpec) -> Candidates:
         cells = self.cells(spec)
-        depth = max(c.depth for c in cells)
-        table = [[self.arch(spec, j, o) for o in range(len(self.op_choices))]
-                 for j in range(depth)]
-        return Candidates(spec.index, cells, [table[: c.depth] for c in cells])
+        n_ops = len(self.op_choices)
+        arch = [[[self.arch(spec, j, o, c.index) for o in range(n_ops)] for j in range(c.depth)]
+                for c in cells]
+        return Candidates(spec.index, cells, arch)
 
     def build_supernet(self, spec: dnax.BlockSpec) -> BlockSupernet:
         from timm.models._efficientnet_builder import efficientnet_init_weights
 
-        in_w, out_w = self.widths(spec)
+        in_w = self.input_width(spec)
         cells = []
         for cell in self.cells(spec):
-            layers = [[self.build_op(spec, j, o, in_w if j == 0 else out_w)
+            out_w = cell.out_chs
+            layers = [[self.build_op(spec, j, o, in_w if j == 0 else out_w, cell.index)
                        for o in range(len(self.op_choices))] for j in range(cell.depth)]
             cells.append(Cell(adapter(spec.in_chs, in_w), layers, adapter(out_w, spec.out_chs)))
         net = BlockSupernet(cells)
         efficientnet_init_weights(net)
         return net
 
-    def build_op(self, spec: dnax.BlockSpec, layer: int, op: int, in_chs: int) -> nn.Module:
+    def build_op(self, spec: dnax.BlockSpec, layer: int, op: int, in_chs: int, cell: int = 0
+                 ) -> nn.Module:
         """The timm block of one op's arch string, as the network's builder makes it."""
-        return build_layer(self.arch(spec, layer, op), in_chs, self.model_kwargs())[0]
+        return build_layer(self.arch(spec, layer, op, cell), in_chs, self.model_kwargs())[0]
 
     def arch_def(self, blocks: Sequence[dnax.BlockSpec], chosen: Sequence[dnax.Candidate]
                  ) -> list[list[str]]:

@@ -92,7 +92,7 @@ def build_network(arch_def: Sequence[Sequence[str]], num_classes: int,
     try:
         return EfficientNet(blocks, num_classes=num_classes,
                             **{**resolve_kwargs(model_kwargs), **overrides})
-    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError) as e:
+    except (TypeError, ValueError, RuntimeError, AssertionError, KeyError, IndexError) as e:
         raise dnax.ConfigError(f"{where}: timm cannot build it ({type(e).__name__}: {e})"
                                ) from None
 

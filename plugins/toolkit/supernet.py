@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import attrs
 import torch
@@ -26,22 +26,9 @@ import dnax
 KIND = "supernet"
 
 
-@runtime_checkable
-class SupernetCell(Protocol):
-    """One cell of a block supernet: ``enter``, ``layers[j][o]``, ``exit``."""
-
-    enter: nn.Module
-    layers: Sequence[Sequence[nn.Module]]
-    exit: nn.Module
-
-
-@runtime_checkable
-class Supernet(Protocol):
-    """A block supernet: its ``cells``, and ``forward(x, cell, ops)`` running one path."""
-
-    cells: Sequence[SupernetCell]
-
-    def __call__(self, x: torch.Tensor, cell: int, ops: Sequence[int]) -> torch.Tensor: ...
+#: the contract's protocols live in the kernel (``dnax.Supernet``, ``dnax.SupernetCell``)
+Supernet = dnax.Supernet
+SupernetCell = dnax.SupernetCell
 
 
 class Cell(nn.Module):

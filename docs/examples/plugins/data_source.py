@@ -29,6 +29,8 @@ class SmallDigits(dnax.DataSource):
     def dataset(self, split, data_config, *, augment=False):
         from sklearn.datasets import load_digits
 
+        if split not in SPLITS:
+            raise dnax.DataError(f"small-digits: no split {split!r} (one of {', '.join(SPLITS)})")
         digits, n = load_digits(), self.config.per_split
         if 3 * n > len(digits.target):
             raise dnax.DataError(f"$.data.per_split: {n} x 3 splits > {len(digits.target)} images")
