@@ -28,10 +28,16 @@ def sample_networks(rankings: Sequence[dnax.BlockRanking], key: str, metric: str
 
     rng = np.random.default_rng(seed)
     score, cost = np.zeros(n), np.full(n, float(fixed))
+    rows = np.zeros(n, dtype=np.int64)  # the row of a width-dependent cost (see BlockRanking)
     for r in rankings:
         pick = rng.integers(len(r.candidates), size=n)
         score += rescale(r.scores[key], normalise)[pick]
-        cost += np.asarray(r.costs[metric], dtype=np.float64)[pick]
+        a = np.asarray(r.costs[metric], dtype=np.float64)
+        cost += a[pick] if a.ndim == 1 else a[rows, pick]
+        if r.cell_widths:
+            index = {w: k for k, w in enumerate(r.out_widths)}
+            widths = np.array(r.cell_widths)[[c.cell for c in r.candidates]]
+            rows = np.array([index[w] for w in widths])[pick]
     return score, cost
 
 

@@ -61,8 +61,17 @@ def ranking_table(ranking: dnax.BlockRanking, key: str, top: int) -> Table:
         c = ranking.candidates[i]
         ops = " ".join(_short(a) for a in c.arch)
         t.add_row(str(r), str(c.cell), ops, *(f"{scores[n][i]:.4f}" for n in scores),
-                  *(_num(ranking.costs[n][i]) for n in ranking.costs))
+                  *(_cost(ranking.costs[n], i) for n in ranking.costs))
     return t
+
+
+def _cost(costs: Any, i: int) -> str:
+    """A candidate's cost; where it depends on the width entering the block, its range."""
+    a = np.asarray(costs, dtype=np.float64)
+    if a.ndim == 1:
+        return _num(a[i])
+    lo, hi = a[:, i].min(), a[:, i].max()
+    return _num(lo) if lo == hi else f"{_num(lo)}..{_num(hi)}"
 
 
 def _short(arch: str) -> str:
