@@ -228,6 +228,15 @@ def _profile() -> None:
 _profile()
 
 
+def _correlate() -> None:
+    from dnax.cli.correlate import correlate_command
+
+    app.command("correlate")(user_errors(correlate_command))
+
+
+_correlate()
+
+
 @app.command("config-reference", hidden=True)
 def config_reference_cmd(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")

@@ -1,6 +1,7 @@
 """``dnax bench train | rank | select``: time a stage against its reference in the same run,
 print a table (or, with ``--json``, the report) and, with ``--output``, write every figure, the
-arguments and the machine to a JSON file.
+arguments and the machine to a JSON file. ``dnax bench all`` (:mod:`dnax.cli.bench_all`) runs the
+GPU checks of several of them and the digits pipeline in one go, under a deadline.
 
 Expected mistakes raise :class:`dnax.UserError`; :func:`dnax.cli.common.user_errors` turns them
 into one ``error: ...`` line per problem on stderr and exit code 2.
@@ -174,7 +175,10 @@ def _goal_cell(goal: str | None, met: bool | None) -> str:
     return f"{goal} ({'met' if met else 'NOT met'})"
 
 
-def _table(title: str, caption: str, rows: Sequence[tuple[str, str, str]]) -> Table:
+Row = tuple[str, str, str]  # measure, value, goal: one line of a bench table
+
+
+def _table(title: str, caption: str, rows: Sequence[Row]) -> Table:
     t = Table(title=title, caption=caption, caption_justify="left")
     t.add_column("measure")
     t.add_column("value", justify="right")
@@ -192,9 +196,10 @@ def _host(report: Mapping[str, Any]) -> str:
 
 # --- dnax bench train ---------------------------------------------------------------------
 
-def _teacher_and_space(pipeline: Path | None, preset: str | None
-                       ) -> tuple[str, Any, Any, Any]:
-    """(label, teacher, space, pipeline config or None) from a TOML or a preset."""
+def _teacher_and_space(pipeline: Path | None, preset: str | None,
+                       teacher_model: str | None = None) -> tuple[str, Any, Any, Any]:
+    """(label, teacher, space, pipeline config or None) from a TOML or a preset (whose teacher
+    is ``teacher_model`` when given)."""
     registry = get_registry()
     if pipeline is not None:
         config = dnax.load_pipeline(pipeline, registry)
@@ -206,6 +211,7 @@ def _teacher_and_space(pipeline: Path | None, preset: str | None
         return label, plugins.teacher, plugins.space, config
     assert preset is not None
     model, space_preset = PRESETS[preset]
+    model = teacher_model or model
     t_cls = registry.get("teacher", "efficientnet").cls
     s_cls = registry.get("space", "mbconv").cls
     teacher = registry.create_plugin("teacher", "efficientnet", t_cls.Config(model=model))
@@ -235,6 +241,9 @@ def train(
     preset: Annotated[str | None, typer.Option(
         help="'paper': EfficientNet-B0 teacher + the paper's space, instead of a TOML.",
         show_default=False)] = None,
+    teacher_model: Annotated[str | None, typer.Option(
+        help="timm model of the --preset's teacher, e.g. tf_efficientnet_b7 (the paper's; "
+             "untrained: timing only) (default: the preset's).", show_default=False)] = None,
     resolution: Annotated[int | None, typer.Option(
         help="Input size in px [default: the pipeline's, 224 for a preset].",
         show_default=False)] = None,
@@ -266,27 +275,46 @@ def train(
     _need(problems, warmup >= 0, f"--warmup: must be >= 0, got {warmup}")
     _choice(problems, "--amp", amp, ("none", "bf16", "fp16"))
     _choice(problems, "--sampling", sampling, ("uniform", "fair"))
+    _need(problems, teacher_model is None or preset is not None,
+          "--teacher-model: only with --preset (a pipeline names its own teacher)")
     _check(problems)
 
-    label, teacher, space, config = _teacher_and_space(pipeline, preset)
+    with err.status("building the teacher network") as status:
+        report, rows, caption = train_report(
+            pipeline, preset, teacher_model=teacher_model, resolution=resolution,
+            batch_size=batch_size, device=device, steps=steps, warmup=warmup, amp=amp,
+            channels_last=channels_last, sampling=sampling, threads=threads, seed=seed,
+            progress=status.update)
+    _emit(report, _table("dnax bench train", caption, rows), output, as_json)
+
+
+def train_report(pipeline: Path | None, preset: str | None, *,
+                 teacher_model: str | None = None, resolution: int | None = None,
+                 batch_size: int = 64, device: str | None = None, steps: int = 20,
+                 warmup: int = 3, amp: str = "bf16", channels_last: bool = True,
+                 sampling: str = "uniform", threads: int | None = None, seed: int = 0,
+                 progress: Callable[[str], Any] | None = None
+                 ) -> tuple[dict[str, Any], list[Row], str]:
+    """What ``dnax bench train`` measures (options checked): its report, table rows, caption."""
+    label, teacher, space, config = _teacher_and_space(pipeline, preset, teacher_model)
     res = resolution or (config.pipeline.resolution if config is not None else 224)
     dev = _device(device or (config.pipeline.device if config is not None else "auto"))
     blocks = teacher.blocks(res)
     space.check_blocks(blocks)
     from dnax.plugins.trainers.bench import UNTRAINED, bench_train, teacher_network
 
-    with (_threads(threads), tempfile.TemporaryDirectory(prefix="dnax-bench-") as scratch,
-          err.status("building the teacher network") as status):
+    say = progress or (lambda _: None)
+    with _threads(threads), tempfile.TemporaryDirectory(prefix="dnax-bench-") as scratch:
         ctx = _scratch_context(config, teacher, scratch, res, dev)
         model, weights = teacher_network(teacher, ctx)
-        status.update("timing the supernet step, its floor and the official schedule")
+        say("timing the supernet step, its floor and the official schedule")
         result = bench_train(teacher, model, space, blocks=blocks, resolution=res,
                              batch_size=batch_size, device=dev, steps=steps, warmup=warmup,
                              amp=amp, channels_last=channels_last, sampling=sampling, seed=seed)
-        options = {"preset": preset, "resolution": res, "batch_size": batch_size,
-                   "device": dev, "steps": steps, "warmup": warmup, "amp": amp,
-                   "channels_last": channels_last, "sampling": sampling, "threads": threads,
-                   "seed": seed}
+        options = {"preset": preset, "teacher_model": teacher_model, "resolution": res,
+                   "batch_size": batch_size, "device": dev, "steps": steps, "warmup": warmup,
+                   "amp": amp, "channels_last": channels_last, "sampling": sampling,
+                   "threads": threads, "seed": seed}
         names = ("step_ms", "teacher_ms", "student_ms", "floor_ms", "official_ms",
                  "images_per_s")
         figures = {k: result[k] for k in names}
@@ -323,7 +351,7 @@ def train(
                f"each cell); batch {batch_size} at {res} px on {dev}, "
                f"amp {result['amp']}; medians of {steps} steps after {warmup} warm-up. "
                f"{_host(report)}")
-    _emit(report, _table("dnax bench train", caption, rows), output, as_json)
+    return report, rows, caption
 
 
 def _positive(problems: list[str], **values: int | None) -> None:
@@ -353,7 +381,7 @@ def rank(
     as_json: JsonOpt = False,
 ) -> None:
     """Time the prefix-shared tree walk against the plain per-candidate loop."""
-    from dnax.plugins.evaluators.bench import OPS, bench_rank
+    from dnax.plugins.evaluators.bench import OPS
 
     problems: list[str] = []
     _positive(problems, depth=depth, batch_size=batch_size, batches=batches, size=size,
@@ -361,13 +389,28 @@ def rank(
     _need(problems, 1 <= ops <= len(OPS), f"--ops: must be in 1..{len(OPS)}, got {ops}")
     _choice(problems, "--recal", recal, ("same", "separate", "off"))
     _check(problems)
-    dev = _device(device)
+    _device(device)
 
     with err.status("timing the tree walk and the plain loop") as status:
-        result = bench_rank(depth, ops, batch_size=batch_size, batches=batches, size=size,
-                            recal=cast(Literal["same", "separate", "off"], recal), device=dev,
-                            amp=amp, seed=seed, threads=threads,
-                            progress=lambda s: status.update(f"timing the {s}"))
+        report, rows, caption = rank_report(
+            depth, ops, batch_size=batch_size, batches=batches, size=size, recal=recal,
+            device=device, amp=amp, threads=threads, seed=seed,
+            progress=lambda s: status.update(f"timing the {s}"))
+    _emit(report, _table("dnax bench rank", caption, rows), output, as_json)
+
+
+def rank_report(depth: int = 4, ops: int = 6, *, batch_size: int = 8, batches: int = 1,
+                size: int = 16, recal: str = "same", device: str = "auto", amp: bool = False,
+                threads: int | None = None, seed: int = 0,
+                progress: Callable[[str], Any] | None = None
+                ) -> tuple[dict[str, Any], list[Row], str]:
+    """What ``dnax bench rank`` measures (options checked): its report, table rows, caption."""
+    from dnax.plugins.evaluators.bench import bench_rank
+
+    dev = _device(device)
+    result = bench_rank(depth, ops, batch_size=batch_size, batches=batches, size=size,
+                        recal=cast(Literal["same", "separate", "off"], recal), device=dev,
+                        amp=amp, seed=seed, threads=threads, progress=progress)
     options = {"depth": depth, "ops": ops, "batch_size": batch_size, "batches": batches,
                "size": size, "recal": recal, "device": dev, "amp": amp, "threads": threads,
                "seed": seed}
@@ -388,7 +431,7 @@ def rank(
     caption = (f"one cell of {depth} layers x {ops} ops = {result['candidates']} candidates; "
                f"{batches} batch(es) of {batch_size} at {size} px; BN recalibration {recal}; "
                f"{dev}. {_host(report)}")
-    _emit(report, _table("dnax bench rank", caption, rows), output, as_json)
+    return report, rows, caption
 
 
 # --- dnax bench select --------------------------------------------------------------------
@@ -482,3 +525,9 @@ def select(
                f"top-{top_k}. {_host(report)}")
     _emit(report, _table("dnax bench select", caption, rows), output, as_json)
 
+
+# --- dnax bench all (its own module, which reads the helpers above when it runs) ------------
+
+from dnax.cli.bench_all import bench_all  # noqa: E402  (after the helpers it uses)
+
+bench_app.command("all")(user_errors(bench_all))

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .api import Run, load_model, load_pipeline, load_run, plan, run_pipeline, stage_context
 from .config import PipelineConfig, PipelineSettings, existing_path, non_negative, positive
 from .context import DistInfo, Plugins, StageContext
+from .correlate import correlate
 from .errors import (
     ArtifactError,
     ConfigError,
@@ -102,6 +103,7 @@ __all__ = [
     "TrainResult",
     "UserError",
     "atomic_write",
+    "correlate",
     "existing_path",
     "hookimpl",
     "hookspec",

@@ -338,12 +338,24 @@ def test_two_processes_train_under_ddp(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(str(tmp_path), port), nprocs=2)
+    # the same steps in one process: without sharding and all-reduce rank 0 would equal it
+    single = tmp_path / "single"
+    config = pipeline(epochs=1, steps_per_epoch=3)
+    config["pipeline"]["deterministic"] = False
+    dnax.run_pipeline(config, single, registry=make_registry(), until="train")
     rd = dnax.RunDir(tmp_path)
     for i in range(3):
         written, meta = rd.load_tensors(f"supernets/block{i}.safetensors", kind="supernet")
         assert meta["step"] == "3"
         theirs = torch.load(tmp_path / f"rank1.block{i}.pt", weights_only=True)
-        assert written.keys() == theirs.keys()
-        for k in written:  # DDP keeps parameters equal; BN statistics follow each shard
-            if "running_" not in k and "num_batches" not in k:
-                assert torch.equal(written[k], theirs[k]), k
+        alone, _ = dnax.RunDir(single).load_tensors(f"supernets/block{i}.safetensors",
+                                                    kind="supernet")
+        assert written.keys() == theirs.keys() == alone.keys()
+        stats = [k for k in written if "running_" in k]
+        params = [k for k in written if "running_" not in k and "num_batches" not in k]
+        # all-reduce: the ranks' parameters are equal
+        assert all(torch.equal(written[k], theirs[k]) for k in params)
+        # sharding: BatchNorm statistics follow each rank's own images
+        assert any(not torch.equal(written[k], theirs[k]) for k in stats)
+        # and the result is not what one process gets from its own batches
+        assert any(not torch.allclose(written[k], alone[k]) for k in params)

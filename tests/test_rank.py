@@ -199,7 +199,7 @@ def test_shards_split_every_candidate_once(net_and_data):
 
 
 def test_tree_walk_on_the_mbconv_space():
-    mbconv = pytest.importorskip("dnax.plugins.spaces.mbconv", reason="mbconv space missing")
+    from dnax.plugins.spaces import mbconv
     cfg = mbconv.MBConvSpaceConfig(
         preset="custom", kernels=(3, 5), expansions=(3.0, 6.0), stem_size=16,
         blocks=(mbconv.BlockConfig((mbconv.CellConfig(3, 16), mbconv.CellConfig(2, 16))),))

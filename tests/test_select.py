@@ -6,15 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dnax
 from dnax.plugins.selectors import pareto
 from dnax.plugins.selectors.bench import bench_select, synthetic_problem
 from dnax.plugins.selectors.exact import Exact, ExactConfig, normalise
-
-hypothesis = pytest.importorskip("hypothesis", reason="property tests need hypothesis")
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @st.composite

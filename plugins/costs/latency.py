@@ -1,16 +1,29 @@
-"""Cost model ``latency``: milliseconds per batch, looked up per layer op in a measured table.
+"""Cost model ``latency``: milliseconds per batch, from per-layer times measured in context and a
+calibration fitted on measured whole networks.
 
-``dnax profile PIPELINE.toml`` (see :mod:`dnax.plugins.costs.profile`) times every distinct layer
-op of the space and the fixed parts on one device and writes a JSON table::
+``dnax profile PIPELINE.toml`` (see :mod:`dnax.plugins.costs.profile`) builds random whole
+networks of the space (enough for every distinct layer op, stem and head to run in at least a
+few of them), times each layer inside them as it runs there (after its predecessor, on its
+output), and fits ``measured ~ scale * Σ parts + per_layer_ms * layers + offset_ms`` on the
+same networks' end-to-end times. It writes a JSON table::
 
-    {"format": "dnax-latency", "format_version": 1, "device": "<last device measured>",
-     "devices": {"<device name>": {"batch_size": 1, "resolution": 224, "threads": 16, ...,
-                                   "ops": {"<op key>": ms, ...}, "fixed": {"<key>": ms, ...}}}}
+    {"format": "dnax-latency", "format_version": 2, "device": "<entry last measured>",
+     "devices": {"<entry>": {"device": "<device name>", "runtime": "torch", "batch_size": 1,
+                             "resolution": 224, "threads": 1, "protocol": {...}, ...,
+                             "ops": {"<op key>": ms, ...}, "fixed": {"<key>": ms, ...},
+                             "calibration": {"scale": a, "per_layer_ms": b, "offset_ms": c,
+                                             ...}}}}
 
-An op key is the layer's :attr:`LayerSig.key` (arch string, input width and size, first in its
-stage or not) plus the batch size, e.g. ``ir_r1_k5_s2_e6_c40_se0.25@24x56|b1``; the stem (with
-the unsearched stages) and the head have keys of their own, so a table measured for another
-stem, head, resolution or batch size is never used silently.
+An entry is named after its device (``"AMD EPYC"``) and, for another runtime than torch, the
+runtime (``"AMD EPYC [onnxruntime]"``). An op key is the layer's :attr:`LayerSig.key` (arch
+string, input width and size, first in its stage or not) plus the batch size, e.g.
+``ir_r1_k5_s2_e6_c40_se0.25@24x56|b1``; the stem (with the unsearched stages) and the head have
+keys of their own, so a table measured for another stem, head, resolution or batch size is never
+used silently.
+
+The prediction stays additive: a layer costs ``scale * ms + per_layer_ms``, the fixed part
+``scale * (stem + head) + offset_ms``, so the exact selector's per-candidate costs add up to the
+calibrated whole-network prediction.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from attrs import field, frozen
 from timm.models.efficientnet import EfficientNet
@@ -31,7 +44,9 @@ from .common import LayerSig, LayerwiseCost, out_size
 
 #: ``format`` and ``format_version`` of a latency table
 KIND = "dnax-latency"
-VERSION = 1
+VERSION = 2
+#: the runtimes a table can be measured with
+RUNTIMES = ("torch", "onnxruntime")
 
 
 def _table_file(_inst: Any, _attr: Any, value: Path) -> None:
@@ -48,6 +63,9 @@ class LatencyConfig:
     device: str | None = field(default=None, metadata={
         "help": "device whose measurements to use (default: the one the table was last "
                 "measured on)"})
+    runtime: Literal["torch", "onnxruntime"] | None = field(default=None, metadata={
+        "help": "runtime whose measurements to use: 'torch' or 'onnxruntime' (default: the "
+                "device's entry last measured)"})
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -66,13 +84,24 @@ def fixed_keys(ctx: dnax.StageContext, model: EfficientNet, fixed_arch: Sequence
     act = str(ctx.plugins.space.model_kwargs().get("act_layer") or "relu")
     stages = "/".join("+".join(stage) for stage in fixed_arch) or "-"
     res = ctx.resolution
-    head_in = model.conv_head.in_channels
     return {
         "stem": f"stem:{model.in_chans}x{res}>c{model.conv_stem.out_channels}:{act}:{stages}"
                 f"|b{batch_size}",
-        "head": f"head:{head_in}x{blocks[-1].out_size}>c{model.num_features}>"
-                f"{model.num_classes}:{act}|b{batch_size}",
+        "head": head_key(ctx, model, model.conv_head.in_channels, blocks, batch_size),
     }
+
+
+def head_key(ctx: dnax.StageContext, model: EfficientNet, width: int,
+             blocks: Sequence[dnax.BlockSpec], batch_size: int) -> str:
+    """The table key of ``model``'s head after a last block ``width`` channels wide."""
+    act = str(ctx.plugins.space.model_kwargs().get("act_layer") or "relu")
+    return (f"head:{width}x{blocks[-1].out_size}>c{model.num_features}>{model.num_classes}:"
+            f"{act}|b{batch_size}")
+
+
+def entry_key(device: str, runtime: str) -> str:
+    """The name of a table entry: the device's, with the runtime for any but torch."""
+    return device if runtime == "torch" else f"{device} [{runtime}]"
 
 
 class TableCost(LayerwiseCost):
@@ -114,22 +143,49 @@ def read_table(path: str | Path) -> dict[str, Any]:
     if not isinstance(devices, dict) or not all(
             isinstance(e, dict) and isinstance(e.get("ops"), dict)
             and isinstance(e.get("fixed"), dict) and isinstance(e.get("batch_size"), int)
-            for e in devices.values()):
+            and _calibration_ok(e.get("calibration")) for e in devices.values()):
         raise dnax.ArtifactError(f"{path}: malformed latency table (each entry of 'devices' "
-                                 "needs batch_size, ops and fixed); re-run `dnax profile`")
+                                 "needs batch_size, ops, fixed and calibration with scale, "
+                                 "per_layer_ms and offset_ms); re-run `dnax profile`")
     return data
 
 
-def device_entry(table: Mapping[str, Any], device: str | None, path: str | Path
-                 ) -> tuple[str, dict[str, Any]]:
-    """(device name, its measurements): ``device``, or the one the table was last measured on."""
+def _calibration_ok(cal: Any) -> bool:
+    return isinstance(cal, dict) and all(
+        isinstance(cal.get(k), int | float) and not isinstance(cal.get(k), bool)
+        for k in ("scale", "per_layer_ms", "offset_ms"))
+
+
+def device_entry(table: Mapping[str, Any], device: str | None, path: str | Path,
+                 runtime: str | None = None) -> tuple[str, dict[str, Any]]:
+    """(entry name, its measurements) for ``device`` and ``runtime``: by default the entry the
+    table was last measured in; a device alone picks its torch entry, or its only one; a runtime
+    alone picks that runtime on the device last measured."""
     devices = table["devices"]
-    name = device if device is not None else table.get("device")
-    if name is None and len(devices) == 1:
-        name = next(iter(devices))
+    last = table.get("device")
+    if last is None and len(devices) == 1:
+        last = next(iter(devices))
+    if device is None and runtime is None:
+        name = last
+    elif device is not None and device in devices and (
+            runtime is None or devices[device].get("runtime", "torch") == runtime):
+        name = device
+    else:
+        if device is None:
+            device = devices[last].get("device", last) if last in devices else None
+        mine = {k: e for k, e in devices.items() if e.get("device", k) == device}
+        if runtime is not None:
+            name = next((k for k, e in mine.items() if e.get("runtime", "torch") == runtime),
+                        None)
+        elif last in mine:
+            name = last
+        else:
+            name = next((k for k, e in mine.items() if e.get("runtime", "torch") == "torch"),
+                        next(iter(mine), None))
     if name not in devices:
         known = ", ".join(repr(d) for d in devices) or "none"
-        what = f"device {name!r}" if name is not None else "a default device"
+        what = (f"device {device!r}" if device is not None else "a default device") + (
+            f" with runtime {runtime!r}" if runtime is not None else "")
         raise dnax.ArtifactError(f"{path}: no measurements for {what} (it has: {known}); "
                                  "run `dnax profile` on that device or set device")
     return name, devices[name]
@@ -138,13 +194,14 @@ def device_entry(table: Mapping[str, Any], device: str | None, path: str | Path
 # --- the cost model --------------------------------------------------------------------------
 
 class Latency(TableCost):
-    """Latency in milliseconds per batch on one device, from a table `dnax profile` measured:
-    each candidate's layers looked up by op (adapters excluded), plus stem, unsearched stages
-    and head.
+    """Latency in milliseconds per batch on one device and runtime, from a table `dnax profile`
+    measured: each candidate's layers looked up by op (adapters excluded), plus stem,
+    unsearched stages and head, through the table's calibration.
 
-    Additive like the lookup tables of FBNet, ProxylessNAS and OFA: the network's latency is
-    predicted as the sum of its parts' medians (on GPUs at small batches the sum runs a little
-    above the whole; ``dnax profile --check K`` measures how well it ranks networks).
+    Additive like the lookup tables of FBNet, ProxylessNAS and OFA, but each op is timed inside
+    whole networks (where it runs after its predecessor) and the sum is calibrated on measured
+    whole networks (``scale * Σ + per_layer_ms * layers + offset_ms``);
+    ``dnax profile --check K`` measures the error on networks the fit did not see.
     """
 
     Config = LatencyConfig
@@ -154,15 +211,22 @@ class Latency(TableCost):
     def check(cls, config: LatencyConfig, pipeline: Any, registry: Any) -> list[str]:
         """The table must be readable and hold the device asked for."""
         try:
-            device_entry(read_table(config.table), config.device, config.table)
+            device_entry(read_table(config.table), config.device, config.table, config.runtime)
         except dnax.ArtifactError as e:
             return [f"table: {p}" for p in e.problems]
         return []
 
     @cached_property
     def entry(self) -> tuple[str, dict[str, Any]]:
-        """(device name, its measurements) from the configured table."""
-        return device_entry(read_table(self.config.table), self.config.device, self.config.table)
+        """(entry name, its measurements) from the configured table."""
+        return device_entry(read_table(self.config.table), self.config.device, self.config.table,
+                            self.config.runtime)
+
+    @property
+    def calibration(self) -> tuple[float, float, float]:
+        """(scale, per_layer_ms, offset_ms) of the table's entry."""
+        cal = self.entry[1]["calibration"]
+        return float(cal["scale"]), float(cal["per_layer_ms"]), float(cal["offset_ms"])
 
     @property
     def batch_size(self) -> int:
@@ -183,12 +247,24 @@ class Latency(TableCost):
 
     def layer_cost(self, ctx: dnax.StageContext, layer: nn.Module, sig: LayerSig
                    ) -> tuple[float, int]:
-        return self.lookup(ctx, "ops", op_key(sig, self.batch_size)), out_size(sig)
+        scale, per_layer, _ = self.calibration
+        ms = self.lookup(ctx, "ops", op_key(sig, self.batch_size))
+        return scale * ms + per_layer, out_size(sig)
 
     def fixed_part(self, ctx: dnax.StageContext, model: EfficientNet, n_fixed: int,
                    blocks: Sequence[dnax.BlockSpec]) -> float:
+        scale, _, offset = self.calibration
         keys = self.keys(ctx, model, n_fixed, blocks, self.batch_size)
-        return sum(self.lookup(ctx, "fixed", k) for k in keys.values())
+        return scale * sum(self.lookup(ctx, "fixed", k) for k in keys.values()) + offset
+
+    def measure_network(self, ctx: dnax.StageContext, model: nn.Module) -> dict[str, Any]:
+        """``model`` (a whole network of the space) timed end to end as the table's check
+        times networks: same device, runtime, threads, batch size and protocol. Returns
+        ``{"ms": ..., "repeats": ..., "stable": ...}``, or ``{"skipped": reason}`` where this
+        machine is not the table's device."""
+        from .profile import measure_model
+
+        return measure_model(ctx, model, self.entry[1])
 
 
 @dnax.hookimpl

@@ -1,45 +1,77 @@
 """Measure latency tables (``dnax profile``) and check them against whole networks.
 
-:func:`profile` times every distinct layer op of a pipeline's space and the fixed parts of its
-network on one device; :func:`check` builds random whole networks as the retrainer builds them,
-times them end to end the same way and compares with the table's prediction. Nothing here
-prints: progress goes through the registry's ``dnax_progress`` hook.
+:func:`profile` builds random whole networks of a pipeline's space, as the retrainer builds
+them, chosen so that every distinct layer op, the stem and every head run in at least
+``occurrences`` of them; it times every network end to end and every layer inside it, in the
+context it runs in (after its predecessor, on its output, with the allocator and caches as the
+network leaves them). An op's figure is the median over the places it ran; a calibration
+``measured ~ scale * sum(parts) + per_layer_ms * layers + offset_ms`` is fitted on the same
+networks' end-to-end figures (least squares of the relative error, outliers dropped once).
+:func:`check` then draws networks the fit did not see, times them end to end the same way and
+compares with the table's prediction. Nothing here prints: progress goes through the
+registry's ``dnax_progress`` hook.
 
-Timing: ``warmup`` untimed calls, then the median of ``repeats`` timed calls of the module in
-eval mode under ``torch.inference_mode``, by :mod:`dnax.plugins.toolkit.timing`: on CUDA with
-``torch.cuda.Event`` pairs, elsewhere with ``time.perf_counter`` around a synchronised call.
+Runtimes: ``torch`` (eager, eval mode, ``torch.inference_mode``; each part timed with
+``time.perf_counter``, or CUDA events on GPUs) and ``onnxruntime`` (each network exported to
+ONNX as the retrainer exports it, timed with onnxruntime's CPUExecutionProvider at
+``intra_op_num_threads`` = the thread count; each layer's share from onnxruntime's own
+per-node profile of the same network).
+
+Protocol (:class:`dnax.plugins.toolkit.timing.Protocol`): warm-up steps, then interleaved steps
+(each one run of every network in turn) until every network's statistic is stable to the
+tolerance, at most ``max_repeats`` steps; the table records it with the thread count.
 """
 
 from __future__ import annotations
 
+import bisect
+import copy
+import itertools
 import json
+import os
 import platform
 import re
+import shutil
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import timm
 import torch
-from attrs import frozen
+from attrs import field, frozen
 from scipy import stats
 from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 import dnax
 from dnax.config import load_config
-from dnax.plugins.toolkit.timing import time_once
+from dnax.plugins.toolkit.timing import Protocol, call_ms, run_protocol, statistic, synchronize
 from dnax.rundir import atomic_write_text
 
-from .common import LayerSig, head_part, searched_stages, stem_part
-from .latency import KIND, VERSION, Latency, LatencyConfig, TableCost, op_key, read_table
+from .common import LayerSig, head_part, out_size, searched_stages, stem_part
+from .latency import (
+    KIND,
+    RUNTIMES,
+    VERSION,
+    Latency,
+    LatencyConfig,
+    TableCost,
+    entry_key,
+    head_key,
+    op_key,
+    read_table,
+)
 
 #: the pipeline tables profiling needs (costs, trainer etc. are ignored: a [[costs]] table that
 #: names a latency table not yet measured must not stop its measurement)
 TABLES = ("pipeline", "data", "teacher", "space")
+#: a fitted network whose relative error is this far out (and beyond 4 MADs) is dropped once
+OUTLIER = 0.05
 
 
 def load_for_profile(path: str | Path, registry: Any) -> dnax.PipelineConfig:
@@ -62,8 +94,6 @@ def make_context(config: dnax.PipelineConfig, registry: Any, device: str | None 
     return dnax.StageContext(stage, config, plugins, dnax.RunDir(root), registry.hook, name)
 
 
-# --- timing ----------------------------------------------------------------------------------
-
 def device_name(device: str) -> str:
     """A readable name of ``device``: the GPU's name, or the CPU model."""
     d = torch.device(device)
@@ -85,111 +115,597 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def time_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, repeats: int,
-              warmup: int) -> tuple[float, Any]:
-    """The median milliseconds of ``fn(x)`` over ``repeats`` timed calls after ``warmup``
-    untimed ones (:func:`dnax.plugins.toolkit.timing.median_ms`, under inference mode), and
-    its output."""
-    with torch.inference_mode():
-        t = time_once(lambda: fn(x), repeats=repeats, warmup=warmup, device=x.device)
-    return float(t.ms), t.output
+def load_average() -> tuple[float, ...]:
+    """The machine's load average over 1, 5 and 15 minutes (empty where unknown)."""
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())
+    except OSError:
+        return ()
 
 
-# --- profiling -------------------------------------------------------------------------------
+def make_protocol(*, repeats: int, warmup: int, min_repeats: int = 10, tolerance: float = 0.02,
+                  statistic: str = "min", check_every: int = 5) -> Protocol:
+    """A :class:`Protocol` (``repeats``: its cap of timed steps); a bad value is a one-line
+    ConfigError naming its option."""
+    options = {"max_repeats": "repeats", "warmup": "warmup", "min_repeats": "min-repeats",
+               "tolerance": "tolerance", "statistic": "statistic", "check_every": "check-every"}
+    try:
+        return Protocol(warmup=warmup, min_repeats=max(min(min_repeats, repeats), 2),
+                        max_repeats=repeats, tolerance=tolerance, statistic=statistic,
+                        check_every=check_every)
+    except (ValueError, TypeError) as e:
+        attr, _, rest = str(e).partition(": ")
+        raise dnax.ConfigError(f"--{options[attr]}: {rest}" if attr in options
+                               else f"protocol: {e}") from None
 
-class Profiler(TableCost):
-    """Walks the space like the cost models do, timing each distinct layer op once (the timm
-    block the network holds, built by :func:`dnax.plugins.toolkit.builder.build_layer`)."""
 
-    def __init__(self, device: str, batch_size: int, repeats: int, warmup: int):
-        super().__init__(None)
+# --- runtimes ----------------------------------------------------------------------------------
+
+@frozen
+class Plan:
+    """One whole network of the space: its candidate per block, timm arch def, number of
+    unsearched stages, layers per searched stage, and the table key of each timed part in
+    order (stem, every searched layer, head)."""
+
+    choice: tuple[int, ...]
+    arch_def: tuple[tuple[str, ...], ...]
+    n_fixed: int
+    layers: tuple[int, ...]
+    keys: tuple[str, ...] = field(default=())
+
+    @property
+    def num_layers(self) -> int:
+        return sum(self.layers)
+
+
+class Runtime:
+    """Runs whole networks: ``prepare`` gives an object with ``run() -> ms`` (one end-to-end
+    run, timed), ``run_parts(record)`` (one run with each part timed) and ``part_times()``
+    (the recorded runs' per-part milliseconds, [run][part], parts as :attr:`Plan.keys`)."""
+
+    name = "torch"
+    #: time the parts in the same steps as the whole networks (False: in steps of their own,
+    #: after them, where timing the parts would disturb the whole networks' figures)
+    parts_with_whole = True
+
+    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None):
         self.device = torch.device(device)
-        self.batch_size, self.repeats, self.warmup = batch_size, repeats, warmup
-        self.ops: dict[str, float] = {}
-        self.fixed: dict[str, float] = {}
+        self.threads = threads or torch.get_num_threads()
 
-    def _time(self, fn: Callable[[torch.Tensor], Any], shape: Sequence[int]
-              ) -> tuple[float, Any]:
-        x = torch.randn(self.batch_size, *shape, device=self.device)
-        return time_call(fn, x, repeats=self.repeats, warmup=self.warmup)
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "timm": timm.__version__}
+
+    def prepare(self, net: nn.Module, x: torch.Tensor, plan: Plan | None = None) -> Any:
+        return _TorchNet(net.to(self.device).eval(), x.to(self.device), self.device, plan)
+
+    def close(self) -> None:
+        """Release what ``prepare`` made (files, sessions)."""
+
+
+class _TorchNet:
+    def __init__(self, net: nn.Module, x: torch.Tensor, device: torch.device,
+                 plan: Plan | None):
+        self.net, self.x, self.device, self.plan = net, x, device, plan
+        self.recorded: list[list[float]] = []
+
+    def run(self) -> float:
+        with torch.inference_mode():
+            return call_ms(lambda: self.net(self.x), self.device)[0]
+
+    def parts(self) -> list[Callable[[torch.Tensor], Any]]:
+        assert self.plan is not None
+        n = self.plan.n_fixed
+        return [stem_part(self.net, n), *[layer for stage in self.net.blocks[n:]
+                                          for layer in stage], head_part(self.net)]
+
+    def run_parts(self, record: bool = True) -> None:
+        parts = self.parts()
+        x: Any = self.x
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                events = [torch.cuda.Event(enable_timing=True) for _ in range(len(parts) + 1)]
+                events[0].record()
+                for part, end in zip(parts, events[1:], strict=True):
+                    x = part(x)
+                    end.record()
+                events[-1].synchronize()
+                times = [a.elapsed_time(b) for a, b in itertools.pairwise(events)]
+            else:
+                times = []
+                for part in parts:
+                    t0 = time.perf_counter()
+                    x = part(x)
+                    synchronize(self.device)
+                    times.append((time.perf_counter() - t0) * 1e3)
+        if record:
+            self.recorded.append(times)
+
+    def part_times(self) -> list[list[float]]:
+        return self.recorded
+
+
+class OnnxRuntime(Runtime):
+    """Each network exported to ONNX (:func:`dnax.plugins.retrainers.export.export_onnx`, as the
+    retrainer exports it) and run by onnxruntime's CPUExecutionProvider, ``threads`` intra-op
+    threads, one inter-op thread, sequential execution, default graph optimisations."""
+
+    name = "onnxruntime"
+    #: onnxruntime's profiler slows the runs that follow it: parts are timed after the wholes
+    parts_with_whole = False
+
+    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None):
+        super().__init__(device, threads)
+        if self.device.type != "cpu":
+            raise dnax.ConfigError(f"--runtime onnxruntime: times on the CPU "
+                                   f"(CPUExecutionProvider), not {self.device}; use --device cpu")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise dnax.ConfigError("--runtime onnxruntime: needs the onnxruntime package (pip "
+                                   "install onnx onnxruntime)") from None
+        self.folder = Path(tempfile.mkdtemp(prefix="dnax-onnx-"))
+        self.count = 0
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {**super().versions(), "onnxruntime": ort.__version__}
+
+    def session(self, path: Path, profile: str | None = None) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        if profile is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def prepare(self, net: nn.Module, x: torch.Tensor, plan: Plan | None = None) -> Any:
+        from dnax.plugins.retrainers.export import export_onnx
+
+        self.count += 1
+        path = self.folder / f"net{self.count}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(net, path, int(x.shape[-1]))
+        return _OrtNet(self, path, x, plan)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _OrtNet:
+    def __init__(self, rt: OnnxRuntime, path: Path, x: torch.Tensor, plan: Plan | None):
+        self.rt, self.path, self.plan = rt, path, plan
+        self.feed = {"images": x.detach().cpu().float().numpy()}
+        self.plain = rt.session(path)
+        self.profiled: Any = None
+        self.skipped = 0
+        self.runs = 0
+
+    def run(self) -> float:
+        t0 = time.perf_counter()
+        self.plain.run(None, self.feed)
+        return (time.perf_counter() - t0) * 1e3
+
+    def run_parts(self, record: bool = True) -> None:
+        if self.profiled is None:
+            self.profiled = self.rt.session(self.path, str(self.path.with_suffix("")))
+        self.profiled.run(None, self.feed)
+        self.runs += 1
+        if not record:
+            self.skipped += 1  # warm-up runs come first
+
+    def part_times(self) -> list[list[float]]:
+        if self.profiled is None:
+            return []
+        assert self.plan is not None
+        file = Path(self.profiled.end_profiling())
+        try:
+            events = json.loads(file.read_text())
+        finally:
+            file.unlink(missing_ok=True)
+        return ort_part_times(events, self.plan)[self.skipped:]
+
+
+_LAYER = re.compile(r"^/blocks/blocks\.(\d+)/blocks\.\d+\.(\d+)/")
+_STEM = re.compile(r"^/(conv_stem|bn1)/")
+_HEAD = re.compile(r"^/(conv_head|bn2|global_pool|classifier)/")
+
+
+def ort_part_times(events: Sequence[Mapping[str, Any]], plan: Plan) -> list[list[float]]:
+    """Per run of an onnxruntime profile (``events``: its JSON), the milliseconds of each part of
+    ``plan``'s network: each node goes to the layer its name's module scope names
+    (``/blocks/blocks.S/blocks.S.J/...``, the stem's, the head's); a node without one (layout
+    reorders) to the part of the node run before it."""
+    offsets = np.concatenate([[1], 1 + np.cumsum(plan.layers)]).astype(int)
+    n_parts = 2 + plan.num_layers
+    runs = sorted((int(e["ts"]), int(e["ts"]) + int(e["dur"])) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = [r[0] for r in runs]
+    out = [[0.0] * n_parts for _ in runs]
+    last = [0] * len(runs)
+    nodes = sorted((e for e in events if e.get("cat") == "Node"
+                    and str(e.get("name", "")).endswith("_kernel_time")), key=lambda e: e["ts"])
+    for e in nodes:
+        r = bisect.bisect_right(starts, int(e["ts"])) - 1
+        if r < 0 or int(e["ts"]) > runs[r][1]:
+            continue
+        name = str(e["name"])[: -len("_kernel_time")]
+        part = None
+        if m := _LAYER.match(name):
+            stage, j = int(m.group(1)), int(m.group(2))
+            part = 0 if stage < plan.n_fixed else int(offsets[stage - plan.n_fixed]) + j
+        elif _STEM.match(name):
+            part = 0
+        elif _HEAD.match(name):
+            part = n_parts - 1
+        part = last[r] if part is None or not 0 <= part < n_parts else part
+        last[r] = part
+        out[r][part] += float(e["dur"]) / 1e3
+    return out
+
+
+def make_runtime(runtime: str | Runtime, device: str | torch.device,
+                 threads: int | None = None) -> Runtime:
+    """The runtime named ``runtime`` (or ``runtime`` itself when it is one)."""
+    if isinstance(runtime, Runtime):
+        return runtime
+    if runtime == "torch":
+        return Runtime(device, threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntime(device, threads)
+    raise dnax.ConfigError(f"--runtime: one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
+# --- the space's networks ------------------------------------------------------------------------
+
+class Walker(TableCost):
+    """Walks the space as the cost models do and names the table key of every part."""
+
+    def __init__(self, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
+                 batch_size: int):
+        super().__init__(None)
+        self.ctx, self.blocks, self.batch_size = ctx, tuple(blocks), batch_size
+        self.kwargs = ctx.plugins.space.model_kwargs()
+        self._sigs: dict[LayerSig, tuple[str, int, int]] = {}
+        self._cands: dict[tuple[int, int], list[tuple[tuple[str, ...], int]]] = {}
+        self.reference, self.n_fixed = self.reference_network(ctx, self.blocks)
+        self.stem = self.keys(ctx, self.reference, self.n_fixed, self.blocks,
+                              batch_size)["stem"]
 
     def layer_cost(self, ctx: dnax.StageContext, layer: nn.Module, sig: LayerSig
                    ) -> tuple[float, int]:
-        ms, y = self._time(layer.to(self.device), (sig.in_chs, sig.in_size, sig.in_size))
-        self.ops[op_key(sig, self.batch_size)] = ms
-        ctx.progress("ops", len(self.ops), None, last=f"{ms:.3g} ms")
-        return ms, int(y.shape[-1])
+        return 0.0, out_size(sig)
 
     def fixed_part(self, ctx: dnax.StageContext, model: EfficientNet, n_fixed: int,
                    blocks: Sequence[dnax.BlockSpec]) -> float:
-        keys = self.keys(ctx, model, n_fixed, blocks, self.batch_size)
-        model = model.to(self.device)
-        res = ctx.resolution
+        return 0.0
 
-        ctx.progress("fixed parts", 0, 2)
-        stem_ms, x = self._time(stem_part(model, n_fixed), (model.in_chans, res, res))
-        x = searched_stages(model, n_fixed, blocks, x, res)
-        ctx.progress("fixed parts", 1, 2)
-        head_ms, _ = time_call(head_part(model), x.clone(), repeats=self.repeats,
-                               warmup=self.warmup)
-        ctx.progress("fixed parts", 2, 2)
-        self.fixed.update({keys["stem"]: stem_ms, keys["head"]: head_ms})
-        return stem_ms + head_ms
+    def head(self, width: int) -> str:
+        return head_key(self.ctx, self.reference, width, self.blocks, self.batch_size)
+
+    def _sig(self, sig: LayerSig) -> tuple[str, int, int]:
+        if sig not in self._sigs:
+            _, chs, size = self._layer(self.ctx, sig, self.kwargs)
+            self._sigs[sig] = (op_key(sig, self.batch_size), chs, size)
+        return self._sigs[sig]
+
+    def candidate_keys(self, b: int, in_chs: int) -> list[tuple[tuple[str, ...], int]]:
+        """Per candidate of block ``b`` after a cell ``in_chs`` wide: its layers' keys and the
+        width it passes on."""
+        if (b, in_chs) not in self._cands:
+            spec = self.blocks[b]
+            rows = []
+            for cand in self.candidates(self.ctx, spec):
+                chs, size, keys = in_chs, spec.in_size, []
+                for j, arch in enumerate(cand.arch):
+                    key, chs, size = self._sig(LayerSig(arch, chs, size, j == 0))
+                    keys.append(key)
+                rows.append((tuple(keys), chs))
+            self._cands[(b, in_chs)] = rows
+        return self._cands[(b, in_chs)]
+
+    def all_keys(self) -> set[str]:
+        """Every key a network of the space can need."""
+        keys, widths = {self.stem}, set(self.in_widths(self.ctx, self.blocks, 0))
+        for b in range(len(self.blocks)):
+            out: set[int] = set()
+            for w in widths:
+                for layer_keys, chs in self.candidate_keys(b, w):
+                    keys.update(layer_keys)
+                    out.add(chs)
+            widths = out
+        return keys | {self.head(w) for w in widths}
+
+    def plan(self, choice: Sequence[int]) -> Plan:
+        space = self.ctx.plugins.space
+        chosen = [self.candidates(self.ctx, b)[i] for b, i in zip(self.blocks, choice,
+                                                                    strict=True)]
+        arch = space.arch_def(self.blocks, chosen)
+        width, keys = self.in_widths(self.ctx, self.blocks, 0)[0], [self.stem]
+        for b, i in enumerate(choice):
+            layer_keys, width = self.candidate_keys(b, width)[i]
+            keys += layer_keys
+        keys.append(self.head(width))
+        return Plan(tuple(int(i) for i in choice), tuple(tuple(s) for s in arch),
+                    len(arch) - len(self.blocks), tuple(len(c.arch) for c in chosen),
+                    tuple(keys))
+
+    def build(self, plan: Plan) -> nn.Module:
+        from dnax.plugins.toolkit.builder import build_network
+
+        return build_network(plan.arch_def, self.ctx.plugins.data.num_classes,
+                             self.kwargs).eval()
+
+
+def _sample(rng: np.random.Generator, cells: Sequence[dnax.CellSpec]) -> int:
+    """A candidate index: a cell uniformly, then one op per layer uniformly (so shallow cells
+    are drawn as often as deep ones, spreading the networks' latencies)."""
+    c = int(rng.integers(len(cells)))
+    start = sum(cell.num_candidates for cell in cells[:c])
+    return start + int(rng.integers(cells[c].num_candidates))
+
+
+def random_choice(rng: np.random.Generator, ctx: dnax.StageContext,
+                  blocks: Sequence[dnax.BlockSpec]) -> tuple[int, ...]:
+    return tuple(_sample(rng, ctx.plugins.space.cells(b)) for b in blocks)
+
+
+def cover(walker: Walker, networks: int, occurrences: int, rng: np.random.Generator
+          ) -> list[Plan]:
+    """At least ``networks`` distinct networks, among which every key of the space occurs at
+    least ``occurrences`` times: greedy ones first (per block, a candidate whose keys are the
+    most short of ``occurrences``, ties drawn at random), then random ones (:func:`_sample`)."""
+    ctx, blocks = walker.ctx, walker.blocks
+    wanted = walker.all_keys()
+    counts: dict[str, int] = dict.fromkeys(wanted, 0)
+    plans: list[Plan] = []
+    seen: set[tuple[int, ...]] = set()
+    cap = max(networks, 1) + 20 * len(wanted) * max(occurrences, 1)
+    attempts = 0
+    while len(plans) < networks or any(c < occurrences for c in counts.values()):
+        attempts += 1
+        if attempts > 4 * cap:
+            short = sorted(k for k, c in counts.items() if c < occurrences)
+            raise dnax.ConfigError(f"$.space: no network of the space runs {short[0]} (and "
+                                   f"{len(short) - 1} more keys) {occurrences} times")
+        short = any(c < occurrences for c in counts.values())
+        if short:
+            choice, width = [], walker.in_widths(ctx, blocks, 0)[0]
+            for b, spec in enumerate(blocks):
+                rows = walker.candidate_keys(b, width)
+                last = b == len(blocks) - 1
+                score = np.array([sum(max(occurrences - counts[k], 0) for k in set(keys))
+                                  + (max(occurrences - counts[walker.head(chs)], 0)
+                                     if last else 0) for keys, chs in rows])
+                if score.max() > 0:
+                    i = int(rng.choice(np.flatnonzero(score == score.max())))
+                else:
+                    i = _sample(rng, ctx.plugins.space.cells(spec))
+                choice.append(i)
+                width = rows[i][1]
+            choice_t = tuple(choice)
+        else:
+            choice_t = random_choice(rng, ctx, blocks)
+        if choice_t in seen and not (short and attempts > cap):
+            if not short and attempts > cap:
+                break  # a small space: fewer distinct networks than asked for
+            continue
+        seen.add(choice_t)
+        plan = walker.plan(choice_t)
+        for k in plan.keys:
+            counts[k] = counts.get(k, 0) + 1
+        plans.append(plan)
+    return plans
+
+
+def network_cost(model: Latency, ctx: dnax.StageContext, blocks: Sequence[dnax.BlockSpec],
+                 choice: Sequence[int]) -> float:
+    """The cost model's prediction of one whole network: the fixed part plus, per block, the
+    candidate's cost in the row its predecessor's width picks."""
+    total = float(model.fixed_cost(ctx, blocks))
+    width = None
+    for spec, i in zip(blocks, choice, strict=True):
+        cand = model.candidates(ctx, spec)[i]
+        costs = np.asarray(model.candidate_costs(ctx, spec, [cand]), dtype=np.float64)
+        if costs.ndim == 2:
+            costs = costs[list(model.in_widths(ctx, blocks, spec.index)).index(width)]
+        total += float(costs[0])
+        width = ctx.plugins.space.cells(spec)[cand.cell].out_chs
+    return total
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+def _input(batch_size: int, chans: int, res: int) -> torch.Tensor:
+    return torch.randn(batch_size, chans, res, res, generator=torch.Generator().manual_seed(0))
+
+
+def _measure(ctx: dnax.StageContext, prepared: Sequence[Any], protocol: Protocol,
+             parts: bool, label: str, parts_with_whole: bool = True) -> dict[int, Any]:
+    """Every prepared network timed end to end under ``protocol``, interleaved; with ``parts``
+    also part by part: in the same steps (``parts_with_whole``) or, after them, in as many
+    steps of their own."""
+    total = protocol.warmup + protocol.max_repeats
+
+    def step(t: int) -> dict[int, float]:
+        out = {}
+        for i, p in enumerate(prepared):
+            out[i] = p.run()
+            if parts and parts_with_whole:
+                p.run_parts(record=t >= protocol.warmup)
+        ctx.progress(label, t + 1, total)
+        return out
+
+    whole = run_protocol(step, protocol)
+    if parts and not parts_with_whole:
+        steps = protocol.warmup + max(m.repeats for m in whole.values())
+        for t in range(steps):
+            for p in prepared:
+                p.run_parts(record=t >= protocol.warmup)
+            ctx.progress(f"{label} (parts)", t + 1, steps)
+    return whole
+
+
+def fit_calibration(raw: Sequence[float], layers: Sequence[int], measured: Sequence[float]
+                    ) -> dict[str, Any]:
+    """``measured ~ scale * raw + per_layer_ms * layers + offset_ms``: least squares of the
+    relative error (scale, per_layer_ms >= 0), refitted once without the networks whose error is
+    beyond 4 median absolute deviations and 5 %. Fewer than 3 networks: scale only."""
+    from scipy.optimize import lsq_linear
+
+    x = np.asarray(raw, dtype=np.float64)
+    n_layers = np.asarray(layers, dtype=np.float64)
+    y = np.asarray(measured, dtype=np.float64)
+
+    def solve(keep: np.ndarray) -> np.ndarray:
+        if keep.sum() < 3:
+            return np.array([float(np.median(y[keep] / x[keep])), 0.0, 0.0])
+        a = np.column_stack([x, n_layers, np.ones_like(x)])[keep] / y[keep, None]
+        res = lsq_linear(a, np.ones(int(keep.sum())),
+                         bounds=([0.0, 0.0, -np.inf], [np.inf, np.inf, np.inf]))
+        return np.asarray(res.x)
+
+    keep = np.ones(len(y), dtype=bool)
+    coef = solve(keep)
+    err = (coef[0] * x + coef[1] * n_layers + coef[2]) / y - 1
+    mad = 1.4826 * float(np.median(np.abs(err - np.median(err))))
+    out = np.abs(err) > max(4 * mad, OUTLIER)
+    if out.any() and (~out).sum() >= 3:
+        keep = ~out
+        coef = solve(keep)
+        err = (coef[0] * x + coef[1] * n_layers + coef[2]) / y - 1
+    fit = np.abs(err[keep]) * 100
+    return {"scale": float(coef[0]), "per_layer_ms": float(coef[1]),
+            "offset_ms": float(coef[2]), "networks": int(keep.sum()),
+            "dropped": [int(i) for i in np.flatnonzero(~keep)],
+            "fit_median_abs_error_pct": float(np.median(fit)),
+            "fit_worst_abs_error_pct": float(np.max(fit))}
 
 
 def profile(config: dnax.PipelineConfig, registry: Any, *, batch_size: int = 1,
-            repeats: int = 50, warmup: int = 10, device: str | None = None) -> dict[str, Any]:
-    """Time every distinct layer op of ``config``'s space and the fixed parts of its network at
-    ``batch_size`` and the pipeline's resolution on ``device`` (default: the pipeline's).
+            repeats: int = 50, warmup: int = 5, min_repeats: int = 10, tolerance: float = 0.02,
+            statistic_name: str = "min", networks: int = 30, occurrences: int = 3,
+            device: str | None = None, runtime: str | Runtime = "torch",
+            seed: int | None = None) -> dict[str, Any]:
+    """Measure ``config``'s space at ``batch_size`` and the pipeline's resolution on ``device``
+    (default: the pipeline's) with ``runtime``: at least ``networks`` whole networks, every key
+    in at least ``occurrences`` of them, each timed end to end and part by part (see the
+    module's docstring); ``repeats`` is the protocol's cap of timed steps.
 
-    Returns the latency table (see :mod:`dnax.plugins.costs.latency`) holding this one device;
+    Returns the latency table (see :mod:`dnax.plugins.costs.latency`) holding this one entry;
     write it with :func:`write_table`.
     """
-    for name, value, least in (("batch_size", batch_size, 1), ("repeats", repeats, 1),
-                               ("warmup", warmup, 0)):
+    for name, value, least in (("batch-size", batch_size, 1), ("networks", networks, 1),
+                               ("occurrences", occurrences, 1)):
         if value < least:
-            raise dnax.ConfigError(f"{name}: must be >= {least}, got {value}")
+            raise dnax.ConfigError(f"--{name}: must be >= {least}, got {value}")
+    protocol = make_protocol(repeats=repeats, warmup=warmup, min_repeats=min_repeats,
+                             tolerance=tolerance, statistic=statistic_name)
     ctx = make_context(config, registry, device)
     blocks = ctx.plugins.teacher.blocks(ctx.resolution)
     ctx.plugins.space.check_blocks(blocks)
-    prof = Profiler(ctx.device, batch_size, repeats, warmup)
+    rt = make_runtime(runtime, ctx.device)
     t0 = time.perf_counter()
-    for spec in blocks:
-        prof.candidate_costs(ctx, spec, prof.candidates(ctx, spec))
-    prof.fixed_cost(ctx, blocks)
+    walker = Walker(ctx, blocks, batch_size)
+    res = ctx.resolution
+    _check_sizes(ctx, walker, blocks)
+    rng = np.random.default_rng([config.pipeline.seed if seed is None else seed, 1])
+    plans = cover(walker, networks, occurrences, rng)
+    try:
+        prepared = []
+        for n, plan in enumerate(plans):
+            net = walker.build(plan)
+            prepared.append(rt.prepare(net, _input(batch_size, net.in_chans, res), plan))
+            ctx.progress("networks built", n + 1, len(plans))
+        whole = _measure(ctx, prepared, protocol, parts=True, label="profiling steps",
+                         parts_with_whole=rt.parts_with_whole)
+        places: dict[str, list[float]] = defaultdict(list)
+        for plan, p in zip(plans, prepared, strict=True):
+            runs = np.asarray(p.part_times(), dtype=np.float64)
+            if runs.ndim != 2 or runs.shape[1] != len(plan.keys):
+                raise dnax.PluginError(f"--runtime {rt.name}: timed {runs.shape} parts of a "
+                                       f"network with {len(plan.keys)} parts")
+            for key, col in zip(plan.keys, runs.T, strict=True):
+                places[key].append(statistic(list(col), protocol.statistic))
+    finally:
+        rt.close()
+    table = {k: float(np.median(v)) for k, v in places.items()}
+    raw = [sum(table[k] for k in plan.keys) for plan in plans]
+    measured = [whole[i].ms for i in range(len(plans))]
+    cal = fit_calibration(raw, [p.num_layers for p in plans], measured)
+    cal["choices"] = [list(p.choice) for p in plans]
+    cal["measured_ms"] = measured
     name = device_name(ctx.device)
-    ctx.log(f"measured {len(prof.ops)} ops and {len(prof.fixed)} fixed parts on {name} in "
-            f"{time.perf_counter() - t0:.1f} s")
+    seconds = time.perf_counter() - t0
+    ctx.log(f"measured {len(plans)} networks ({len(table)} parts) on {name} with {rt.name} in "
+            f"{seconds:.1f} s; calibration fits them within "
+            f"{cal['fit_median_abs_error_pct']:.1f} % (median)")
+    fixed_keys = {walker.stem} | {k for k in table if k.startswith("head:")}
     entry = {
+        "device": name,
+        "runtime": rt.name,
         "device_type": torch.device(ctx.device).type,
         "batch_size": batch_size,
-        "resolution": ctx.resolution,
-        "threads": torch.get_num_threads(),
-        "repeats": repeats,
-        "warmup": warmup,
+        "resolution": res,
+        "threads": rt.threads,
+        "protocol": {**protocol.as_dict(), "interleaved": True, "threads": rt.threads},
+        "repeats": protocol.max_repeats,
+        "warmup": protocol.warmup,
         "dtype": "float32",
-        "torch": torch.__version__,
-        "timm": timm.__version__,
+        **rt.versions(),
         "pipeline": config.pipeline.name,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "ops": dict(sorted(prof.ops.items())),
-        "fixed": prof.fixed,
+        "seconds": round(seconds, 3),
+        "load_average": list(load_average()),
+        "networks": {
+            "measured": len(plans),
+            "min_occurrences": int(min(len(places[k]) for k in table)),
+            "stable_share": float(np.mean([m.stable for m in whole.values()])),
+            "worst_spread_pct": float(100 * max(m.spread for m in whole.values())),
+            "median_repeats": float(np.median([m.repeats for m in whole.values()])),
+        },
+        "ops": dict(sorted((k, v) for k, v in table.items() if k not in fixed_keys)),
+        "fixed": dict(sorted((k, v) for k, v in table.items() if k in fixed_keys)),
+        "calibration": cal,
     }
-    return {"format": KIND, "format_version": VERSION, "device": name, "devices": {name: entry}}
+    key = entry_key(name, rt.name)
+    return {"format": KIND, "format_version": VERSION, "device": key, "devices": {key: entry}}
+
+
+def _check_sizes(ctx: dnax.StageContext, walker: Walker, blocks: Sequence[dnax.BlockSpec]
+                 ) -> None:
+    """Every block of the network the space builds must see the teacher's block's size."""
+    model, n_fixed = walker.reference, walker.n_fixed
+    with torch.inference_mode():
+        x = stem_part(model, n_fixed)(_input(1, model.in_chans, ctx.resolution))
+    searched_stages(model, n_fixed, blocks, x, ctx.resolution)
 
 
 def default_output(pipeline: str | Path, table: dict[str, Any]) -> Path:
     """``<pipeline dir>/latency-<device slug>.json``."""
-    return Path(pipeline).resolve().parent / f"latency-{slug(table['device'])}.json"
+    device = table["devices"][table["device"]].get("device", table["device"])
+    return Path(pipeline).resolve().parent / f"latency-{slug(device)}.json"
 
 
 def write_table(path: str | Path, table: dict[str, Any]) -> dict[str, Any]:
-    """Write ``table`` to ``path`` atomically; the other devices' entries of a table already at
-    ``path`` are kept (its entry for the same device is replaced). Returns what was written."""
+    """Write ``table`` to ``path`` atomically; the other entries of a table already at ``path``
+    are kept (its entry for the same device and runtime is replaced). Returns what was
+    written."""
     path = Path(path)
     if path.exists():
-        old = read_table(path)  # refuses to overwrite a file that is not a latency table
+        try:
+            old = read_table(path)  # refuses to overwrite a file that is not a latency table
+        except dnax.ArtifactError as e:
+            if "version" not in str(e):
+                raise
+            old = {"devices": {}}  # an older version's table: replaced
         table = {**table, "devices": {**old["devices"], **table["devices"]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(table, indent=2) + "\n")
     return table
 
@@ -198,16 +714,51 @@ def write_table(path: str | Path, table: dict[str, Any]) -> dict[str, Any]:
 
 @frozen
 class CheckResult:
-    """Predicted against measured latency (ms per batch) of random whole networks."""
+    """Predicted against measured latency (ms per batch) of random whole networks the table's
+    calibration was not fitted on.
+
+    ``drift``: how much slower (> 1) the machine ran than when the table was measured, the
+    median ratio of a few of the fitted networks (anchors) timed again among the checked ones;
+    the ``adjusted`` figures compare the prediction with ``measured / drift``, the error of the
+    table alone with the machine's change of speed taken out.
+    """
 
     device: str
     choices: tuple[tuple[int, ...], ...]
     predicted: tuple[float, ...]
     measured: tuple[float, ...]
+    runtime: str = "torch"
+    stable: tuple[bool, ...] = ()
+    #: the machine's load average (1, 5, 15 min) when the check ended
+    load: tuple[float, ...] = ()
+    drift: float = 1.0
+    anchors: int = 0
 
     @property
     def pairs(self) -> list[tuple[float, float]]:
         return list(zip(self.predicted, self.measured, strict=True))
+
+    def errors_pct(self, adjusted: bool = False) -> tuple[float, ...]:
+        """Per network, (predicted - measured) / measured in percent (measured / drift when
+        ``adjusted``)."""
+        d = self.drift if adjusted else 1.0
+        return tuple(100 * (p - m / d) / (m / d) for p, m in self.pairs)
+
+    @property
+    def errors(self) -> tuple[float, ...]:
+        return self.errors_pct()
+
+    def within(self, pct: float = 10.0, adjusted: bool = False) -> float:
+        """The share of networks whose prediction is within ``pct`` % of the measurement."""
+        errors = self.errors_pct(adjusted)
+        return float(np.mean([abs(e) <= pct for e in errors])) if errors else 0.0
+
+    def median_abs_error(self, adjusted: bool = False) -> float:
+        return float(np.median(np.abs(self.errors_pct(adjusted))))
+
+    def worst_error(self, adjusted: bool = False) -> float:
+        """The error of largest magnitude, signed (%)."""
+        return max(self.errors_pct(adjusted), key=abs)
 
     @property
     def spearman(self) -> float:
@@ -236,47 +787,100 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float:
         return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
-def _sample(rng: np.random.Generator, cells: Sequence[dnax.CellSpec]) -> int:
-    """A candidate index: a cell uniformly, then one op per layer uniformly (so shallow cells
-    are drawn as often as deep ones, spreading the networks' latencies)."""
-    c = int(rng.integers(len(cells)))
-    start = sum(cell.num_candidates for cell in cells[:c])
-    return start + int(rng.integers(cells[c].num_candidates))
-
-
 def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
-          seed: int | None = None, *, device: str | None = None, repeats: int | None = None,
-          warmup: int | None = None) -> CheckResult:
-    """Build ``k`` random networks of the space as the retrainer builds them, time each end to
-    end on ``device`` (at the table's batch size, repeats and warm-up unless given) and predict
-    each from ``table``'s entry for that device with the ``latency`` cost model."""
-    from dnax.plugins.toolkit.builder import build_network
-
+          seed: int | None = None, *, device: str | None = None,
+          runtime: str | Runtime | None = None, repeats: int | None = None,
+          warmup: int | None = None, anchors: int = 5) -> CheckResult:
+    """Build ``k`` random networks of the space that the table's calibration was not fitted on,
+    time each end to end on ``device`` with the table's runtime (``runtime`` picks the entry),
+    batch size and protocol (``repeats``, ``warmup``: override it) and predict each with the
+    ``latency`` cost model. ``anchors`` of the fitted networks (spread over their latencies)
+    are timed again among them, for :attr:`CheckResult.drift`."""
     if k < 1:
         raise dnax.ConfigError(f"--check: must be >= 1, got {k}")
     ctx = make_context(config, registry, device, stage="check")
     name = device_name(ctx.device)
-    model = Latency(LatencyConfig(table=Path(table), device=name))
-    entry = model.entry[1]
-    repeats = repeats or int(entry.get("repeats", 50))
-    warmup = int(entry.get("warmup", 10)) if warmup is None else warmup
-    space, res = ctx.plugins.space, ctx.resolution
-    blocks = ctx.plugins.teacher.blocks(res)
-    space.check_blocks(blocks)
-    fixed = model.fixed_cost(ctx, blocks)
+    rt_name = runtime.name if isinstance(runtime, Runtime) else runtime
+    model = Latency(LatencyConfig(table=Path(table), device=name, runtime=rt_name))
+    key, entry = model.entry
+    protocol = Protocol.from_dict(entry.get("protocol", {}))
+    if repeats is not None or warmup is not None:
+        protocol = make_protocol(repeats=repeats or protocol.max_repeats,
+                                 warmup=protocol.warmup if warmup is None else warmup,
+                                 min_repeats=protocol.min_repeats,
+                                 tolerance=protocol.tolerance, statistic=protocol.statistic,
+                                 check_every=protocol.check_every)
+    rt = make_runtime(runtime if runtime is not None else entry.get("runtime", "torch"),
+                      ctx.device, int(entry.get("threads") or torch.get_num_threads()))
+    blocks = ctx.plugins.teacher.blocks(ctx.resolution)
+    ctx.plugins.space.check_blocks(blocks)
+    walker = Walker(ctx, blocks, model.batch_size)
+    cal = entry["calibration"]
+    fitted = [tuple(c) for c in cal.get("choices", [])]
     rng = np.random.default_rng(config.pipeline.seed if seed is None else seed)
-    choices, predicted, measured = [], [], []
-    for n in range(k):
-        choice = tuple(_sample(rng, space.cells(b)) for b in blocks)
-        chosen = [model.candidates(ctx, b)[i] for b, i in zip(blocks, choice, strict=True)]
-        cost = fixed + sum(float(model.candidate_costs(ctx, b, [c])[0])
-                           for b, c in zip(blocks, chosen, strict=True))
-        net = build_network(space.arch_def(blocks, chosen), ctx.plugins.data.num_classes,
-                            space.model_kwargs()).eval().to(ctx.device)
-        x = torch.randn(model.batch_size, net.in_chans, res, res, device=ctx.device)
-        ms, _ = time_call(net, x, repeats=repeats, warmup=warmup)
-        choices.append(choice)
-        predicted.append(cost)
-        measured.append(ms)
-        ctx.progress("networks", n + 1, k, predicted=cost, measured=ms)
-    return CheckResult(name, tuple(choices), tuple(predicted), tuple(measured))
+    choices: list[tuple[int, ...]] = []
+    for _ in range(100 * k):
+        if len(choices) == k:
+            break
+        choice = random_choice(rng, ctx, blocks)
+        if choice not in fitted and choice not in choices:
+            choices.append(choice)
+    if not choices:
+        raise dnax.ConfigError(f"{table}: every network of the space was used to fit the "
+                               "table's calibration; nothing is left to check it on")
+    then = list(cal.get("measured_ms") or [])
+    marks: list[int] = []
+    if anchors > 0 and len(then) == len(fitted) and fitted:
+        order = np.argsort(then)
+        marks = sorted({int(order[round(q)]) for q in np.linspace(0, len(order) - 1,
+                                                                  min(anchors, len(order)))})
+    predicted = [network_cost(model, ctx, blocks, c) for c in choices]
+    try:
+        prepared = []
+        runs = [*choices, *(fitted[i] for i in marks)]
+        for n, choice in enumerate(runs):
+            plan = walker.plan(choice)
+            net = walker.build(plan)
+            prepared.append(rt.prepare(net, _input(model.batch_size, net.in_chans,
+                                                   ctx.resolution), plan))
+            ctx.progress("networks built", n + 1, len(runs))
+        whole = _measure(ctx, prepared, protocol, parts=False, label="check steps")
+    finally:
+        rt.close()
+    measured = [whole[i].ms for i in range(len(choices))]
+    drift = float(np.median([whole[len(choices) + j].ms / then[i]
+                             for j, i in enumerate(marks)])) if marks else 1.0
+    return CheckResult(key, tuple(choices), tuple(predicted), tuple(measured), rt.name,
+                       tuple(whole[i].stable for i in range(len(choices))), load_average(),
+                       drift, len(marks))
+
+
+def measure_model(ctx: dnax.StageContext, model: nn.Module, entry: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """``model`` timed end to end as the table's ``entry`` was: its device (when this machine
+    has it), runtime, threads, batch size and protocol. ``{"ms", "repeats", "spread",
+    "stable"}``, or ``{"skipped": why}``."""
+    kind = str(entry.get("device_type", "cpu"))
+    if kind == "cuda" and not torch.cuda.is_available():
+        return {"skipped": f"the table was measured on {entry.get('device')}, a GPU; this "
+                           "machine has none"}
+    device = "cuda" if kind == "cuda" else "cpu"
+    here = device_name(device)
+    if entry.get("device") is not None and here != entry["device"]:
+        return {"skipped": f"the table was measured on {entry['device']}, this machine has "
+                           f"{here}"}
+    threads = int(entry.get("threads") or torch.get_num_threads())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rt = make_runtime(str(entry.get("runtime", "torch")), device, threads)
+    try:
+        net = copy.deepcopy(model).eval()
+        res = int(entry.get("resolution") or ctx.resolution)
+        chans = int(getattr(net, "in_chans", 3))
+        prepared = rt.prepare(net, _input(int(entry["batch_size"]), chans, res))
+        protocol = Protocol.from_dict(entry.get("protocol", {}))
+        got = run_protocol(lambda _t: {0: prepared.run()}, protocol)[0]
+    finally:
+        rt.close()
+        torch.set_num_threads(before)
+    return {"ms": got.ms, "repeats": got.repeats, "spread": got.spread, "stable": got.stable}

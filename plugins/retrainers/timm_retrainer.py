@@ -113,7 +113,9 @@ class TimmRetrainer(dnax.Retrainer):
     label smoothing), resumable each epoch; export model.safetensors + model.json (+ ONNX).
 
     Reports top-1/top-5 on the val split of the exported (EMA when enabled) weights, params,
-    FLOPs at the pipeline resolution (batch 1), epochs and training seconds.
+    FLOPs at the pipeline resolution (batch 1), epochs and training seconds; with a ``latency``
+    cost model, also the network's measured latency beside its prediction and the budget
+    (:func:`latency_metrics`).
     """
 
     Config = TimmRetrainerConfig
@@ -181,6 +183,7 @@ class TimmRetrainer(dnax.Retrainer):
             "seconds": float(run["seconds"]),
         }
         if ctx.dist.is_main:
+            metrics.update(latency_metrics(ctx, selection, exported))
             self._export(ctx, selection, exported, metrics, run["history"], val)
             ctx.run_dir.path(RESUME).unlink(missing_ok=True)
         ctx.dist.barrier()
@@ -248,6 +251,36 @@ class TimmRetrainer(dnax.Retrainer):
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def latency_metrics(ctx: dnax.StageContext, selection: dnax.Selection, model: nn.Module
+                    ) -> dict[str, float]:
+    """Where the pipeline has a cost model that times networks (``latency``: its table's
+    device, runtime, threads, batch and protocol), ``model``'s measured latency
+    (``latency_measured_ms``) beside the selection's prediction (``latency_predicted_ms``) and
+    the budget (``latency_budget_ms``); nothing otherwise."""
+    timers = [c for c in ctx.plugins.costs
+              if c.metric == "latency" and callable(getattr(c, "measure_network", None))]
+    if not timers:
+        return {}
+    out: dict[str, float] = {}
+    if "latency" in selection.costs:
+        out["latency_predicted_ms"] = float(selection.costs["latency"])
+    if "latency" in selection.budgets:
+        out["latency_budget_ms"] = float(selection.budgets["latency"])
+    got = timers[0].measure_network(ctx, model)
+    if "ms" not in got:
+        ctx.log(f"latency of the retrained network not measured: {got.get('skipped')}")
+        return out
+    out["latency_measured_ms"] = float(got["ms"])
+    predicted = out.get("latency_predicted_ms")
+    vs = (f", predicted {predicted:.4g} ms ({100 * (predicted - got['ms']) / got['ms']:+.1f} %)"
+          if predicted is not None else "")
+    budget = out.get("latency_budget_ms")
+    ctx.log(f"latency of the retrained network: measured {got['ms']:.4g} ms{vs}"
+            + (f", budget {budget:.4g} ms" if budget is not None else ""))
+    return out
+
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

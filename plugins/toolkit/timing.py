@@ -5,6 +5,12 @@ whose load drifts during the run slows every measurement alike, and keeps each o
 call is timed on CUDA with a ``torch.cuda.Event`` pair on the device's current stream (from the
 call's start to its last kernel's end), elsewhere with ``time.perf_counter`` around the call and
 a synchronisation of the device, so asynchronous work is always inside the figure.
+
+:class:`Protocol` and :func:`run_protocol` are the measurement protocol of ``dnax profile``
+(latency tables and their check): warm-up steps, then interleaved steps until every figure's
+statistic is stable (the statistic of the odd-numbered and of the even-numbered timed calls
+agree within ``tolerance``, checked every ``check_every`` steps from ``min_repeats`` on), at
+most ``max_repeats`` steps.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Hashable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
+import attrs
 import torch
-from attrs import frozen
+from attrs import field, frozen
 
 K = TypeVar("K", bound=Hashable)
 
@@ -77,3 +84,146 @@ def time_once(fn: Callable[[], Any], *, repeats: int = 1, warmup: int = 0,
               device: str | torch.device = "cpu") -> Timed:
     """:func:`median_ms` of one function that takes no argument."""
     return median_ms({0: lambda _t: fn()}, repeats=repeats, warmup=warmup, device=device)[0]
+
+
+# --- the measurement protocol ---------------------------------------------------------------
+
+#: the statistics a protocol can keep: the median (the default), or the minimum (the figure
+#: least touched by other jobs on a shared machine)
+STATISTICS = ("median", "min")
+
+
+def _at_least(least: int) -> Callable[[Any, Any, int], None]:
+    def check(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
+        if value < least:
+            raise ValueError(f"{attribute.name}: must be >= {least}, got {value}")
+    return check
+
+
+def _tolerance(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ValueError(f"{attribute.name}: must be in [0, 1), got {value}")
+
+
+def _statistic(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in STATISTICS:
+        raise ValueError(f"{attribute.name}: one of {', '.join(STATISTICS)}, got {value!r}")
+
+
+@frozen
+class Protocol:
+    """How a set of figures is measured: ``warmup`` untimed steps, then timed steps (each one
+    call of every function, in turn) until the figures are stable or ``max_repeats`` steps ran.
+
+    A figure is stable when the ``statistic`` of its odd-numbered calls and that of its
+    even-numbered calls differ by at most ``tolerance`` times the statistic of all its calls
+    (split halves taken alternately, so slow drift of the machine's load is not counted as
+    noise); checked after ``min_repeats`` timed steps and then every ``check_every`` steps.
+    """
+
+    warmup: int = field(default=5, validator=_at_least(0))
+    min_repeats: int = field(default=10, validator=_at_least(2))
+    max_repeats: int = field(default=100, validator=_at_least(1))
+    tolerance: float = field(default=0.02, validator=_tolerance)
+    statistic: Literal["median", "min"] = field(default="min", validator=_statistic)
+    check_every: int = field(default=5, validator=_at_least(1))
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Protocol:
+        names = {a.name for a in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def statistic(samples: Sequence[float], name: str = "median") -> float:
+    """The ``name`` statistic (:data:`STATISTICS`) of ``samples``."""
+    if not samples:
+        raise ValueError("no samples")
+    if name == "min":
+        return float(min(samples))
+    if name == "median":
+        return float(statistics.median(samples))
+    raise ValueError(f"statistic: one of {', '.join(STATISTICS)}, got {name!r}")
+
+
+def spread(samples: Sequence[float], name: str = "median") -> float:
+    """How far apart the statistic of the odd- and of the even-numbered samples are, relative
+    to the statistic of all of them (inf with fewer than 2 samples, 0 when all are 0)."""
+    if len(samples) < 2:
+        return float("inf")
+    whole = statistic(samples, name)
+    gap = abs(statistic(samples[0::2], name) - statistic(samples[1::2], name))
+    return 0.0 if gap == 0 else (gap / whole if whole > 0 else float("inf"))
+
+
+def stable(samples: Sequence[float], protocol: Protocol) -> bool:
+    """Whether ``samples`` (one figure's timed calls so far) meet ``protocol``'s stopping rule."""
+    n = len(samples)
+    if n >= protocol.max_repeats:
+        return True
+    least = min(protocol.min_repeats, protocol.max_repeats)
+    if n < least or (n - least) % protocol.check_every:
+        return False
+    return spread(samples, protocol.statistic) <= protocol.tolerance
+
+
+@frozen
+class Measured:
+    """One figure measured under a :class:`Protocol`: its statistic in milliseconds, the number
+    of timed calls, their split-half spread, and whether the figure met the tolerance."""
+
+    ms: float
+    repeats: int
+    spread: float
+    stable: bool
+
+
+def run_protocol(step: Callable[[int], Mapping[K, float]], protocol: Protocol
+                 ) -> dict[K, Measured]:
+    """Run ``step(t)`` (one call of every function in turn, returning each one's milliseconds)
+    ``protocol.warmup`` times untimed, then until every figure it returns is stable (see
+    :class:`Protocol`) or ``protocol.max_repeats`` timed steps ran. Every step runs every
+    function, stable or not, so they keep taking turns."""
+    for t in range(protocol.warmup):
+        step(t)
+    samples: dict[K, list[float]] = {}
+    for t in range(protocol.warmup, protocol.warmup + protocol.max_repeats):
+        for k, ms in step(t).items():
+            samples.setdefault(k, []).append(float(ms))
+        n = t - protocol.warmup + 1
+        if all(len(v) == n for v in samples.values()) and all(
+                stable(v, protocol) for v in samples.values()):
+            break
+    return {k: Measured(statistic(v, protocol.statistic), len(v),
+                        spread(v, protocol.statistic),
+                        spread(v, protocol.statistic) <= protocol.tolerance)
+            for k, v in samples.items()}
+
+
+def call_ms(fn: Callable[[], Any], device: str | torch.device = "cpu") -> tuple[float, Any]:
+    """Milliseconds of one call of ``fn`` on ``device`` (as :func:`median_ms` times a call), and
+    its output."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)), out
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(d)
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def measure(fns: Mapping[K, Callable[[], Any]], protocol: Protocol,
+            device: str | torch.device = "cpu") -> dict[K, Measured]:
+    """Each function timed under ``protocol``, interleaved (:func:`run_protocol`)."""
+    def step(_t: int) -> dict[K, float]:
+        return {k: call_ms(fn, device)[0] for k, fn in fns.items()}
+
+    return run_protocol(step, protocol)

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# dnax bench all on the GPU machine (issue 18), from a copy of this repository.
+#
+# That machine has no network and its own Python with torch, timm, rich, typer, pluggy, attrs,
+# safetensors, onnx, onnxruntime and scipy, but no cattrs, no tomli-w (and maybe no
+# scikit-learn). This script brings them from the repository and installs nothing into that
+# Python: everything goes to a scratch folder put on PYTHONPATH.
+#   - .ci/device/wheels/: pure-python wheels of cattrs and tomli-w, with the attrs and
+#     typing_extensions versions cattrs needs (the versions CI runs; they shadow older ones);
+#   - .ci/device/shim/: scikit-learn's load_digits and its data file, used only where
+#     `import sklearn` fails;
+#   - dnax itself: `pip install --no-deps --no-build-isolation --no-index --target` (needs
+#     setuptools there), else a copy of the package layout pyproject.toml maps (core/ is dnax,
+#     cli/ is dnax.cli, ...): a plain PYTHONPATH of the checkout cannot import it.
+#
+# Usage: .ci/device/run.sh [DIR] [OPTIONS of dnax bench all ...]
+#   DIR      bench.json, bench.md, console.txt and the parts' files (default: $OUT/bench, the
+#            device tool's folder that comes back, else runs/bench)
+#   OPTIONS  passed on after `--deadline 270` (a later --deadline wins), e.g. --parts train,rank
+# Environment: PYTHON (default python3); DNAX_DEVICE_INSTALL=copy skips the pip build of dnax.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+py=${PYTHON:-python3}
+out=${OUT:-$repo/runs}/bench
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then out=${1:-$out}; shift; fi  # DIR, not an option
+site=$(mktemp -d "${TMPDIR:-/tmp}/dnax-device.XXXXXX")
+trap 'rm -rf "$site"' EXIT
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+wheels=.ci/device/wheels
+
+# 1. cattrs, tomli-w and the attrs / typing_extensions they need, from the carried wheels
+if "$py" -m pip --version >/dev/null 2>&1; then
+  "$py" -m pip install -q --disable-pip-version-check --no-index --no-deps --target "$site" \
+    "$wheels"/*.whl
+else  # no pip: a pure-python wheel is a zip of what site-packages holds
+  for w in "$wheels"/*.whl; do "$py" -m zipfile -e "$w" "$site"; done
+fi
+
+# 2. scikit-learn's digits, where scikit-learn is missing (after the path: a real one wins)
+if ! "$py" -c "import sklearn.datasets" >/dev/null 2>&1; then
+  echo "note: no scikit-learn here: load_digits comes from .ci/device/shim" >&2
+  export PYTHONPATH="$PYTHONPATH:$repo/.ci/device/shim"
+fi
+
+# 3. dnax, without its dependencies (the machine's torch, timm, ... stay)
+if [ "${DNAX_DEVICE_INSTALL:-pip}" = pip ] && "$py" -m pip install -q \
+    --disable-pip-version-check --no-deps --no-build-isolation --no-index --target "$site" \
+    "$repo" >"$site/pip-dnax.log" 2>&1; then
+  echo "dnax: built with pip into $site" >&2
+else
+  if [ "${DNAX_DEVICE_INSTALL:-pip}" = pip ]; then
+    echo "note: pip could not build dnax here; copying its package layout instead:" >&2
+    grep -m 3 -i "error" "$site/pip-dnax.log" >&2 || true
+  fi
+  "$py" - "$repo" "$site" <<'EOF'
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+repo, site = map(Path, sys.argv[1:])
+project = tomllib.loads((repo / "pyproject.toml").read_text())
+dirs = project["tool"]["setuptools"]["package-dir"]
+for package in sorted(dirs, key=len):  # dnax first, then dnax.cli, dnax.plugins, ...
+    shutil.copytree(repo / dirs[package], site.joinpath(*package.split(".")),
+                    dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+version = project["project"]["version"]
+info = site / f"dnax-{version}.dist-info"  # for importlib.metadata.version("dnax")
+info.mkdir()
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: dnax\nVersion: {version}\n")
+EOF
+fi
+
+"$py" - <<'EOF' >&2
+import cattrs, tomli_w, torch  # noqa: F401
+import dnax
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+print(f"dnax {dnax.__version__} from {dnax.__file__}; torch {torch.__version__}; GPU: {gpu}")
+EOF
+
+# 4. the run: its own deadline (270 s unless OPTIONS say otherwise) keeps it within 5 minutes
+mkdir -p "$out"
+set +e
+"$py" -m dnax bench all --output "$out" --deadline 270 --pipeline docs/examples/digits.toml \
+  "$@" 2>&1 | tee "$out/console.txt"
+status=${PIPESTATUS[0]}
+set -e
+echo "dnax bench all: exit $status; $out/bench.md:" >&2
+cat "$out/bench.md" 2>/dev/null || echo "(no bench.md)" >&2
+exit "$status"
