@@ -36,7 +36,7 @@ def profile_command(
         "needed for every op to run --occurrences times).")] = 30,
     occurrences: Annotated[int, typer.Option(
         min=1, help="Least number of measured networks every layer op, stem and head runs "
-        "in.")] = 3,
+        "in.")] = 2,
     repeats: Annotated[int, typer.Option(
         min=1, help="At most this many timed runs of each network (the protocol's cap).")] = 50,
     min_repeats: Annotated[int, typer.Option(
@@ -46,8 +46,8 @@ def profile_command(
         min=0.0, max=99.0, help="Stop repeating once every network's statistic of its odd and "
         "of its even runs agree within this many percent.")] = 2.0,
     statistic: Annotated[str, typer.Option(
-        help="Statistic of the timed runs: 'median', or 'min' (least touched by other jobs "
-        "on a shared machine).")] = "min",
+        help="Statistic of the timed runs: 'fast-quarter' (the median of the fastest quarter: "
+        "steady where other jobs share the machine), 'median' or 'min'.")] = "fast-quarter",
     check: Annotated[int, typer.Option(
         "--check", min=0, metavar="K", help="Then build K random networks the calibration was "
         "not fitted on, time them end to end and compare with the prediction (0: no check).")
@@ -201,8 +201,8 @@ def _warning(c: dict[str, Any] | None) -> str | None:
         parts.append(f"the machine runs {100 * (c['drift'] - 1):+.0f} % against the table's "
                      f"measurement (anchors: {c['anchors']})")
     return ("; ".join(parts) + f"; load average {load}: the table does not predict this "
-            "machine's latency to --max-error now: re-measure when it is quieter, with more "
-            "--repeats, or --statistic min")
+            "machine's latency to --max-error now: re-measure when it is quieter or with more "
+            "--repeats")
 
 
 def _table_summary(s: dict[str, Any]) -> Table:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -158,10 +159,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     return report
 
 
+#: the committed report, and the test files whose faults it lists
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+FILES = ("tests/test_kill.py", "tests/test_bad_artifacts.py", "tests/test_fuzz_config.py",
+         "tests/test_untrusted.py")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = session.config.getoption("--reliability-md")
     if path:
         write_report(Path(path), LEDGER, session.config)
+    elif all(f in LEDGER.seconds for f in FILES) and REPORT.exists():
+        stale = staleness(LEDGER, REPORT.read_text())
+        if stale:
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"docs/reliability.md is stale ({stale}): run `python -m "
+                                    f"pytest -q -p no:cacheprovider {' '.join(FILES)} "
+                                    "--reliability-md docs/reliability.md`", red=True)
+            session.exitstatus = 1
+
+
+def _key(category: str, fault: str, result: str) -> tuple[str, str, str]:
+    """What must match between a run and the report: the fault up to its timing details
+    (kill delays and landing points vary from run to run), and the result."""
+    return category, re.split(r":\s", fault, maxsplit=1)[0].strip(), result
+
+
+def staleness(ledger: Ledger, report: str) -> str:
+    """'' when the report lists the faults of this run with their results; else what differs."""
+    ours = {_key(r.category, _cell(r.fault), ledger.result(r)) for r in ledger.rows.values()}
+    theirs, category = set(), ""
+    for line in report.splitlines():
+        if line.startswith("## "):
+            category = line[3:].strip()
+        elif line.startswith("| ") and not line.startswith(("| fault", "| file")):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if len(cells) == 5:
+                theirs.add(_key(category, cells[0], cells[4]))
+    new, gone = sorted(ours - theirs), sorted(theirs - ours)
+    parts = [f"{len(new)} not in it, e.g. {new[0][1]!r} ({new[0][2]})"] if new else []
+    parts += [f"{len(gone)} no longer tried, e.g. {gone[0][1]!r}"] if gone else []
+    return "; ".join(parts)
 
 
 def render(ledger: Ledger, command: str, when: datetime.datetime) -> str:

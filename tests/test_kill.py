@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +53,8 @@ def landed(run_dir, stage: str) -> str:
 
 
 #: (stage, seed) of each kill; the seed picks after which progress write and how long after
-CASES = [("train", 1), ("train", 3), ("rank", 1), ("rank", 2), ("retrain", 1), ("retrain", 2)]
+CASES = [("teacher", 2), ("train", 1), ("train", 3), ("rank", 1), ("rank", 2), ("retrain", 1),
+         ("retrain", 2)]
 #: the last progress write (faultkit.PROGRESS) a kill may follow: at least a third of the
 #: stage is still to run after it, while a kill comes at most a tenth of the stage later
 LAST_WRITE = {"teacher": 1, "train": 8, "rank": 1, "retrain": 1}
@@ -77,7 +79,8 @@ def kill_and_rerun(ref, run_dir, stage: str, seed: int) -> dict:
     kill = faultkit.kill_in(ref.toml, run_dir, stage, writes, delay)
     where = landed(run_dir, stage)
     log = faultkit.run_to_end(ref.toml, run_dir)
-    resumed = {"train": "distill: resuming after", "retrain": "resuming retraining after"}
+    resumed = {"teacher": "teacher: resuming after", "train": "distill: resuming after",
+               "retrain": "resuming retraining after"}
     problems = [f"killed in {kill['landed']}"] if kill["landed"] != stage else []
     if "after the checkpoint" in where and resumed[stage] not in log:
         problems.append("did not resume from its checkpoint")
@@ -131,6 +134,28 @@ def test_sigkill_at_random_points_then_rerun_ends_bit_identical(tiny_reference, 
                      if not case["problems"] else "; ".join(case["problems"][:3]))
         problems += [f"{case['fault']}: {p}" for p in case["problems"]]
     assert not problems, "\n".join(problems)
+
+
+def test_select_stage_killed_midway_is_redone_bit_identical(tiny_reference, tmp_path, fault):
+    """The select stage takes milliseconds, too short to hit with a timed SIGKILL; what a kill
+    after its costs were stored leaves is made here instead: its start record, the costs file,
+    no selection, a stray temp file. The re-run redoes the stage from its start."""
+    ref = tiny_reference
+    run_dir = tmp_path / "run"
+    faultkit.keep_until(ref.run_dir, run_dir, "select")
+    (run_dir / "selection").mkdir()
+    shutil.copy2(ref.run_dir / "selection" / "costs.safetensors",
+                 run_dir / "selection" / "costs.safetensors")
+    shutil.copy2(ref.run_dir / "stages" / "select.started.json",
+                 run_dir / "stages" / "select.started.json")
+    (run_dir / "selection" / ".top.json.1234.tmp").write_text("{")
+    faultkit.run_to_end(ref.toml, run_dir)
+    diffs = faultkit.differences(ref.artefacts, faultkit.artefacts(run_dir))
+    fault.record(category="kill", fault="select stage killed after storing its costs (its "
+                 "start record, costs.safetensors and a stray temp file left; no selection)",
+                 outcome="re-run redid the stage; " + (EXACT if not diffs else "differs"))
+    assert not diffs, diffs[:3]
+    assert not list((run_dir / "selection").glob("*.tmp"))
 
 
 # --- a kill inside an atomic write ----------------------------------------------------------

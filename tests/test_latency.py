@@ -274,16 +274,26 @@ def test_protocol_stops_once_stable_and_at_its_cap():
     assert got.repeats == 6 and got.stable and got.ms == 1.0
     # the minimum: stable once the odd and the even calls reach the same floor
     step, _ = _series([999, 999, 3.0, 2.0, 1.0, 5.0, 4.0, 1.0] + [9.0] * 20)
-    got = timing.run_protocol(step, p)["a"]
+    got = timing.run_protocol(step, attrs.evolve(p, statistic="min"))["a"]
     assert (got.ms, got.repeats) == (1.0, 6)
+    # the default, the fastest quarter: a busy machine's slow calls do not move it
+    busy = [3.0 if i % 3 == 0 else 1.0 for i in range(20)]
+    step, _ = _series([999, 999, *busy])
+    got = timing.run_protocol(step, p)["a"]
+    assert (got.ms, got.repeats, got.stable) == (1.0, 4, True)
+    assert timing.statistic(busy[:4], "median") == 2.0
 
 
 def test_protocol_spread_and_bad_values():
+    assert timing.statistic([5, 1, 2, 8, 3, 9, 4, 7], "fast-quarter") == 1.5  # median of 1, 2
+    assert timing.statistic([5, 1, 2, 8, 3, 9, 4, 7], "median") == 4.5
+    assert timing.statistic([5, 1, 2], "min") == 1 and timing.fastest([5, 1, 2], "min") == [1]
     assert timing.spread([1.0, 2.0, 1.0, 2.0], "median") == pytest.approx(1 / 1.5)
     assert timing.spread([1.0, 1.0], "min") == 0.0 and math.isinf(timing.spread([1.0], "min"))
     assert not timing.stable([1.0] * 3, timing.Protocol(min_repeats=4))
     assert timing.stable([1.0] * 5, timing.Protocol(min_repeats=4, max_repeats=5))
-    for kwargs, line in (({"statistic": "mean"}, "--statistic: one of median, min, got 'mean'"),
+    for kwargs, line in (({"statistic": "mean"},
+                          "--statistic: one of fast-quarter, median, min, got 'mean'"),
                          ({"tolerance": 1.5}, "--tolerance: must be in [0, 1), got 1.5"),
                          ({"repeats": 0}, "--repeats: must be >= 1, got 0")):
         with pytest.raises(dnax.ConfigError) as e:
@@ -296,7 +306,8 @@ def test_table_records_the_protocol(measured):
     entry = _entry(table)
     p = entry["protocol"]
     assert p == {"warmup": 1, "min_repeats": 3, "max_repeats": 3, "tolerance": 0.02,
-                 "statistic": "min", "check_every": 5, "interleaved": True, "threads": 1}
+                 "statistic": "fast-quarter", "check_every": 5, "interleaved": True,
+                 "threads": 1}
     assert timing.Protocol.from_dict(p).max_repeats == 3
     assert entry["runtime"] == "torch" and entry["torch"] == torch.__version__
     assert len(entry["load_average"]) == 3
@@ -585,7 +596,7 @@ def test_profile_command(tmp_path, reg, monkeypatch):
         f"error: {tmp_path / 'nope.toml'}: no such pipeline file")
     res = cli.invoke(app, ["profile", str(toml), "--statistic", "mean"])
     assert res.exit_code == 2 and res.stderr.strip() == (
-        "error: --statistic: one of median, min, got 'mean'")
+        "error: --statistic: one of fast-quarter, median, min, got 'mean'")
 
 
 def test_check_warns_and_strict_fails_above_max_error(tmp_path, reg, monkeypatch, stubbed):

@@ -127,6 +127,28 @@ def test_adapters_only_where_widths_differ():
     assert s2.cells[1].layers[0][0].conv_pw.in_channels == 32  # the retrained block's input
 
 
+def test_cells_of_one_block_with_their_own_widths():
+    """Block 1 offers a 1-layer cell of 32 channels and a 2-layer cell of 40: each cell's layers
+    and exit adapter have its width, and every cell of block 2 takes the width of block 1's
+    first cell (32), mapped from the teacher's 24 channels."""
+    space = tiny_space(blocks=(BlockConfig((CellConfig(1),)),
+                               BlockConfig((CellConfig(1, 32), CellConfig(2, 40))),
+                               BlockConfig((CellConfig(1, 16), CellConfig(2, 16)))))
+    _, b1, b2 = TinyTeacher(TinyTeacherConfig()).blocks(32)
+    assert [(c.depth, c.out_chs) for c in space.cells(b1)] == [(1, 32), (2, 40)]
+    s1, s2 = space.build_supernet(b1), space.build_supernet(b2)
+    for cell, width in zip(s1.cells, (32, 40), strict=True):
+        assert all(op.conv_pwl.out_channels == width for layer in cell.layers for op in layer)
+        assert cell.exit[0].in_channels == width and cell.exit[0].out_channels == b1.out_chs
+    for cell in s2.cells:
+        assert cell.enter[0].in_channels == b2.in_chs and cell.enter[0].out_channels == 32
+        assert all(op.conv_pw.in_channels == 32 for op in cell.layers[0])
+    arch = {c.arch for c in space.candidates(b1)}
+    assert {a[0] for a in arch} == {f"ir_r1_k{k}_s2_e{e}_c{w}_se0.25" for k in (3, 5)
+                                    for e in (3, 6) for w in (32, 40)}
+    assert len(arch) == 4 + 16
+
+
 def test_block_count_mismatch_names_both_counts():
     space = MBConvSpace(MBConvSpaceConfig())  # 6 blocks
     blocks = TinyTeacher(TinyTeacherConfig()).blocks(32)  # 3 blocks
