@@ -122,6 +122,32 @@ def test_tree_walk_equals_plain_loop(net_and_data, recal):
     assert not net.training
 
 
+def test_tree_walk_runs_each_shared_prefix_once(net_and_data):
+    """Counted forwards prove the prefix sharing: with no recalibration, layer j runs once per
+    prefix of length j + 1 and batch (ops_0 x ... x ops_j), where the plain loop runs every
+    layer of every candidate (ops_0 x ... x ops_n-1 per layer)."""
+    net, xs, ts, _ = net_and_data
+    groups = make_groups(xs, ts, recal="off")
+    batches = sum(len(g.inputs) for g in groups)
+    w = score_weights(ts)
+    for c, cell in enumerate(net.cells):
+        shape = cell_shape(cell)
+        calls = [0] * len(shape)
+        hooks = [op.register_forward_hook(lambda *_, j=j: calls.__setitem__(j, calls[j] + 1))
+                 for j, layer in enumerate(cell.layers) for op in layer]
+        try:
+            walk_cell(cell, groups, w)
+            tree = list(calls)
+            calls[:] = [0] * len(shape)
+            plain_cell(net, c, groups, w)
+            plain = list(calls)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert tree == [math.prod(shape[: j + 1]) * batches for j in range(len(shape))]
+        assert plain == [math.prod(shape) * batches] * len(shape)
+
+
 def test_recalibration_changes_scores(net_and_data):
     net, xs, ts, rec = net_and_data
     w = score_weights(ts)
