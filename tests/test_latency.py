@@ -212,7 +212,7 @@ def test_candidate_costs_are_calibrated_sums_of_the_table(stubbed, reg):
     ops, fixed, cal = entry["ops"], entry["fixed"], entry["calibration"]
     a, b, c = cal["scale"], cal["per_layer_ms"], cal["offset_ms"]
     ctx = _ctx(config, reg)
-    model = Latency(LatencyConfig(table=path, runtime="stub"))
+    model = Latency(LatencyConfig(table=path))  # the table's only entry: the stub's
     blocks = ctx.plugins.teacher.blocks(ctx.resolution)
     in_chs = 8
     for spec in blocks:
@@ -387,14 +387,14 @@ def test_tables_of_several_devices_and_runtimes(measured, tmp_path):
     assert Latency(LatencyConfig(table=path)).entry[0] == name
     assert Latency(LatencyConfig(table=path, device="Slow NPU")).entry[1] == slow
     assert Latency(LatencyConfig(table=path, device=name)).entry[0] == name  # torch first
-    assert Latency(LatencyConfig(table=path, runtime="onnxruntime")).entry[1] == ort
-    assert Latency(LatencyConfig(table=path, device=name, runtime="onnxruntime")
-                   ).entry[0] == f"{name} [onnxruntime]"
+    assert Latency(LatencyConfig(table=path, device=f"{name} [onnxruntime]")).entry[1] == ort
+    assert latency.device_entry(merged, None, path, "onnxruntime")[1] == ort
+    assert latency.device_entry(merged, name, path, "onnxruntime")[0] == f"{name} [onnxruntime]"
     with pytest.raises(dnax.ArtifactError, match="no measurements for device 'TPU'"):
         _ = Latency(LatencyConfig(table=path, device="TPU")).entry
     with pytest.raises(dnax.ArtifactError,
                        match="no measurements for device 'Slow NPU' with runtime 'onnxruntime'"):
-        _ = Latency(LatencyConfig(table=path, device="Slow NPU", runtime="onnxruntime")).entry
+        latency.device_entry(merged, "Slow NPU", path, "onnxruntime")
     other = tmp_path / "notes.json"
     other.write_text('{"hello": 1}')
     with pytest.raises(dnax.ArtifactError, match="not a dnax latency table"):

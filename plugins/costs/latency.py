@@ -32,7 +32,7 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from attrs import field, frozen
 from timm.models.efficientnet import EfficientNet
@@ -63,9 +63,6 @@ class LatencyConfig:
     device: str | None = field(default=None, metadata={
         "help": "device whose measurements to use (default: the one the table was last "
                 "measured on)"})
-    runtime: Literal["torch", "onnxruntime"] | None = field(default=None, metadata={
-        "help": "runtime whose measurements to use: 'torch' or 'onnxruntime' (default: the "
-                "device's entry last measured)"})
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -194,10 +191,12 @@ def device_entry(table: Mapping[str, Any], device: str | None, path: str | Path,
 # --- the cost model --------------------------------------------------------------------------
 
 class Latency(TableCost):
-    """Latency in milliseconds per batch on one device and runtime, from a table `dnax profile`
-    measured: each candidate's layers looked up by op (adapters excluded), plus stem,
-    unsearched stages and head, through the table's calibration.
+    """Latency in milliseconds per batch on one device, from a table `dnax profile` measured:
+    each candidate's layers looked up by op (adapters excluded), plus stem, unsearched stages
+    and head.
 
+    ``device`` names a table entry: a device (its torch measurements) or a device and runtime
+    (``"AMD EPYC [onnxruntime]"``). The parts' sum goes through the entry's calibration.
     Additive like the lookup tables of FBNet, ProxylessNAS and OFA, but each op is timed inside
     whole networks (where it runs after its predecessor) and the sum is calibrated on measured
     whole networks (``scale * Σ + per_layer_ms * layers + offset_ms``);
@@ -211,7 +210,7 @@ class Latency(TableCost):
     def check(cls, config: LatencyConfig, pipeline: Any, registry: Any) -> list[str]:
         """The table must be readable and hold the device asked for."""
         try:
-            device_entry(read_table(config.table), config.device, config.table, config.runtime)
+            device_entry(read_table(config.table), config.device, config.table)
         except dnax.ArtifactError as e:
             return [f"table: {p}" for p in e.problems]
         return []
@@ -219,8 +218,7 @@ class Latency(TableCost):
     @cached_property
     def entry(self) -> tuple[str, dict[str, Any]]:
         """(entry name, its measurements) from the configured table."""
-        return device_entry(read_table(self.config.table), self.config.device, self.config.table,
-                            self.config.runtime)
+        return device_entry(read_table(self.config.table), self.config.device, self.config.table)
 
     @property
     def calibration(self) -> tuple[float, float, float]:

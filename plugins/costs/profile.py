@@ -804,7 +804,8 @@ def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
     ctx = make_context(config, registry, device, stage="check")
     name = device_name(ctx.device)
     rt_name = runtime.name if isinstance(runtime, Runtime) else runtime
-    model = Latency(LatencyConfig(table=Path(table), device=name, runtime=rt_name))
+    model = Latency(LatencyConfig(table=Path(table), device=name if rt_name is None
+                                  else entry_key(name, rt_name)))
     key, entry = model.entry
     protocol = Protocol.from_dict(entry.get("protocol", {}))
     if repeats is not None or warmup is not None:
