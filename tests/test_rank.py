@@ -133,7 +133,7 @@ def test_tree_walk_runs_each_shared_prefix_once(net_and_data):
     for c, cell in enumerate(net.cells):
         shape = cell_shape(cell)
         calls = [0] * len(shape)
-        hooks = [op.register_forward_hook(lambda *_, j=j: calls.__setitem__(j, calls[j] + 1))
+        hooks = [op.register_forward_hook(lambda *_, j=j, n=calls: n.__setitem__(j, n[j] + 1))
                  for j, layer in enumerate(cell.layers) for op in layer]
         try:
             walk_cell(cell, groups, w)
