@@ -5,7 +5,6 @@ Needs matplotlib (the ``plot`` extra); drawn with the Agg backend, so no display
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 import dnax
-from dnax.rundir import atomic_write
+from dnax.rundir import save_figure
 
 #: random networks drawn as the grey cloud behind the front
 SAMPLES = 2000
@@ -73,13 +72,7 @@ def pareto_png(run: dnax.Run, path: str | Path) -> Path | None:
     fig.suptitle(f"{run.config.get('pipeline', {}).get('name', '')}: Pareto front of "
                  f"{len(scores)} networks by {key}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _panel(ax: Any, metric: str, key: str, cloud: tuple[np.ndarray, np.ndarray] | None,

@@ -41,7 +41,7 @@ from attrs import frozen
 
 from .api import Run, load_run
 from .errors import ArtifactError, ConfigError
-from .rundir import atomic_write
+from .rundir import save_figure
 from .types import BlockRanking
 
 #: at most this many problems of a CSV are listed, then a count of the rest
@@ -681,10 +681,4 @@ def scatter_png(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
         ax.legend(fontsize=8)
     fig.suptitle(f"{Path(report['run_dir']).name} against {Path(report['truth']).name}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -63,6 +63,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG at ``path``, written atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+    return Path(path)
+
+
 class RunDir:
     """A run directory; every path argument is relative to its root."""
 
