@@ -307,7 +307,7 @@ def test_table_records_the_protocol(measured):
     p = entry["protocol"]
     assert p == {"warmup": 1, "min_repeats": 3, "max_repeats": 3, "tolerance": 0.02,
                  "statistic": "fast-quarter", "check_every": 5, "interleaved": True,
-                 "threads": 1}
+                 "rewarm": True, "threads": 1, "allocator": timing.warm_allocator()}
     assert timing.Protocol.from_dict(p).max_repeats == 3
     assert entry["runtime"] == "torch" and entry["torch"] == torch.__version__
     assert len(entry["load_average"]) == 3

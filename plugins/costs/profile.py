@@ -28,6 +28,7 @@ import bisect
 import copy
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -50,7 +51,14 @@ from torch import nn
 
 import dnax
 from dnax.config import load_config
-from dnax.plugins.toolkit.timing import Protocol, call_ms, fastest, run_protocol, synchronize
+from dnax.plugins.toolkit.timing import (
+    Protocol,
+    call_ms,
+    fastest,
+    run_protocol,
+    synchronize,
+    warm_allocator,
+)
 from dnax.rundir import atomic_write_text
 
 from .common import LayerSig, head_part, out_size, searched_stages, stem_part
@@ -72,6 +80,9 @@ from .latency import (
 TABLES = ("pipeline", "data", "teacher", "space")
 #: a fitted network whose relative error is this far out (and beyond 4 MADs) is dropped once
 OUTLIER = 0.05
+#: the least number of networks the three calibration coefficients are fitted on (fewer: the
+#: scale alone)
+FULL_FIT = 8
 
 
 def load_for_profile(path: str | Path, registry: Any) -> dnax.PipelineConfig:
@@ -284,8 +295,7 @@ class _OrtNet:
         self.feed = {"images": x.detach().cpu().float().numpy()}
         self.plain = rt.session(path)
         self.profiled: Any = None
-        self.skipped = 0
-        self.runs = 0
+        self.recorded: list[bool] = []
 
     def run(self) -> float:
         t0 = time.perf_counter()
@@ -296,9 +306,7 @@ class _OrtNet:
         if self.profiled is None:
             self.profiled = self.rt.session(self.path, str(self.path.with_suffix("")))
         self.profiled.run(None, self.feed)
-        self.runs += 1
-        if not record:
-            self.skipped += 1  # warm-up runs come first
+        self.recorded.append(record)
 
     def part_times(self) -> list[list[float]]:
         if self.profiled is None:
@@ -309,7 +317,11 @@ class _OrtNet:
             events = json.loads(file.read_text())
         finally:
             file.unlink(missing_ok=True)
-        return ort_part_times(events, self.plan)[self.skipped:]
+        runs = ort_part_times(events, self.plan)
+        if len(runs) != len(self.recorded):
+            raise dnax.PluginError(f"onnxruntime's profile of {self.path.name} holds "
+                                   f"{len(runs)} runs, {len(self.recorded)} were made")
+        return [r for r, keep in zip(runs, self.recorded, strict=True) if keep]
 
 
 _LAYER = re.compile(r"^/blocks/blocks\.(\d+)/blocks\.\d+\.(\d+)/")
@@ -458,10 +470,13 @@ def random_choice(rng: np.random.Generator, ctx: dnax.StageContext,
 
 def cover(walker: Walker, networks: int, occurrences: int, rng: np.random.Generator
           ) -> list[Plan]:
-    """At least ``networks`` distinct networks, among which every key of the space occurs at
-    least ``occurrences`` times: greedy ones first (per block, a candidate whose keys are the
-    most short of ``occurrences``, ties drawn at random), then random ones (:func:`_sample`)."""
+    """At least ``networks`` distinct networks (at most half the space's), among which every key
+    of the space occurs at least ``occurrences`` times: greedy ones first (per block, a
+    candidate whose keys are the most short of ``occurrences``, ties drawn at random), then
+    random ones (:func:`_sample`)."""
     ctx, blocks = walker.ctx, walker.blocks
+    total = math.prod(len(walker.candidates(ctx, b)) for b in blocks)
+    networks = min(networks, max(1, total // 2))  # a small space keeps half for the check
     wanted = walker.all_keys()
     counts: dict[str, int] = dict.fromkeys(wanted, 0)
     plans: list[Plan] = []
@@ -530,12 +545,15 @@ def _measure(ctx: dnax.StageContext, prepared: Sequence[Any], protocol: Protocol
              parts: bool, label: str, parts_with_whole: bool = True) -> dict[int, Any]:
     """Every prepared network timed end to end under ``protocol``, interleaved; with ``parts``
     also part by part: in the same steps (``parts_with_whole``) or, after them, in as many
-    steps of their own."""
+    steps of their own. In every step each network first runs once untimed, so that it is
+    timed with its weights in the caches as when it runs in a loop (the other networks' turns
+    have evicted them: timed cold, the digits example's networks run about 20 % slower)."""
     total = protocol.warmup + protocol.max_repeats
 
     def step(t: int) -> dict[int, float]:
         out = {}
         for i, p in enumerate(prepared):
+            p.run()
             out[i] = p.run()
             if parts and parts_with_whole:
                 p.run_parts(record=t >= protocol.warmup)
@@ -547,6 +565,7 @@ def _measure(ctx: dnax.StageContext, prepared: Sequence[Any], protocol: Protocol
         steps = protocol.warmup + max(m.repeats for m in whole.values())
         for t in range(steps):
             for p in prepared:
+                p.run_parts(record=False)
                 p.run_parts(record=t >= protocol.warmup)
             ctx.progress(f"{label} (parts)", t + 1, steps)
     return whole
@@ -555,8 +574,9 @@ def _measure(ctx: dnax.StageContext, prepared: Sequence[Any], protocol: Protocol
 def fit_calibration(raw: Sequence[float], layers: Sequence[int], measured: Sequence[float]
                     ) -> dict[str, Any]:
     """``measured ~ scale * raw + per_layer_ms * layers + offset_ms``: least squares of the
-    relative error (scale, per_layer_ms >= 0), refitted once without the networks whose error is
-    beyond 4 median absolute deviations and 5 %. Fewer than 3 networks: scale only."""
+    relative error (scale, per_layer_ms >= 0, offset_ms >= -half the fastest network, so no
+    prediction can fall to nothing), refitted once without the networks whose error is beyond
+    4 median absolute deviations and 5 %. Fewer than :data:`FULL_FIT` networks: scale only."""
     from scipy.optimize import lsq_linear
 
     x = np.asarray(raw, dtype=np.float64)
@@ -564,11 +584,11 @@ def fit_calibration(raw: Sequence[float], layers: Sequence[int], measured: Seque
     y = np.asarray(measured, dtype=np.float64)
 
     def solve(keep: np.ndarray) -> np.ndarray:
-        if keep.sum() < 3:
+        if keep.sum() < FULL_FIT:
             return np.array([float(np.median(y[keep] / x[keep])), 0.0, 0.0])
         a = np.column_stack([x, n_layers, np.ones_like(x)])[keep] / y[keep, None]
         res = lsq_linear(a, np.ones(int(keep.sum())),
-                         bounds=([0.0, 0.0, -np.inf], [np.inf, np.inf, np.inf]))
+                         bounds=([0.0, 0.0, -0.5 * float(y.min())], [np.inf, np.inf, np.inf]))
         return np.asarray(res.x)
 
     keep = np.ones(len(y), dtype=bool)
@@ -576,7 +596,7 @@ def fit_calibration(raw: Sequence[float], layers: Sequence[int], measured: Seque
     err = (coef[0] * x + coef[1] * n_layers + coef[2]) / y - 1
     mad = 1.4826 * float(np.median(np.abs(err - np.median(err))))
     out = np.abs(err) > max(4 * mad, OUTLIER)
-    if out.any() and (~out).sum() >= 3:
+    if out.any() and (~out).sum() >= min(FULL_FIT, len(y) - 1):
         keep = ~out
         coef = solve(keep)
         err = (coef[0] * x + coef[1] * n_layers + coef[2]) / y - 1
@@ -605,18 +625,21 @@ def profile(config: dnax.PipelineConfig, registry: Any, *, batch_size: int = 1,
                                ("occurrences", occurrences, 1)):
         if value < least:
             raise dnax.ConfigError(f"--{name}: must be >= {least}, got {value}")
+    if isinstance(runtime, str) and runtime not in RUNTIMES:
+        raise dnax.ConfigError(f"--runtime: one of {', '.join(RUNTIMES)}, got {runtime!r}")
     protocol = make_protocol(repeats=repeats, warmup=warmup, min_repeats=min_repeats,
                              tolerance=tolerance, statistic=statistic_name)
     ctx = make_context(config, registry, device)
     blocks = ctx.plugins.teacher.blocks(ctx.resolution)
     ctx.plugins.space.check_blocks(blocks)
-    rt = make_runtime(runtime, ctx.device)
+    allocator = warm_allocator()
     t0 = time.perf_counter()
     walker = Walker(ctx, blocks, batch_size)
     res = ctx.resolution
     _check_sizes(ctx, walker, blocks)
     rng = np.random.default_rng([config.pipeline.seed if seed is None else seed, 1])
     plans = cover(walker, networks, occurrences, rng)
+    rt = make_runtime(runtime, ctx.device)
     try:
         prepared = []
         for n, plan in enumerate(plans):
@@ -657,7 +680,8 @@ def profile(config: dnax.PipelineConfig, registry: Any, *, batch_size: int = 1,
         "batch_size": batch_size,
         "resolution": res,
         "threads": rt.threads,
-        "protocol": {**protocol.as_dict(), "interleaved": True, "threads": rt.threads},
+        "protocol": {**protocol.as_dict(), "interleaved": True, "rewarm": True,
+                     "threads": rt.threads, "allocator": allocator},
         "repeats": protocol.max_repeats,
         "warmup": protocol.warmup,
         "dtype": "float32",
@@ -814,10 +838,9 @@ def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
                                  min_repeats=protocol.min_repeats,
                                  tolerance=protocol.tolerance, statistic=protocol.statistic,
                                  check_every=protocol.check_every)
-    rt = make_runtime(runtime if runtime is not None else entry.get("runtime", "torch"),
-                      ctx.device, int(entry.get("threads") or torch.get_num_threads()))
     blocks = ctx.plugins.teacher.blocks(ctx.resolution)
     ctx.plugins.space.check_blocks(blocks)
+    warm_allocator()
     walker = Walker(ctx, blocks, model.batch_size)
     cal = entry["calibration"]
     fitted = [tuple(c) for c in cal.get("choices", [])]
@@ -839,6 +862,8 @@ def check(config: dnax.PipelineConfig, registry: Any, table: str | Path, k: int,
         marks = sorted({int(order[round(q)]) for q in np.linspace(0, len(order) - 1,
                                                                   min(anchors, len(order)))})
     predicted = [network_cost(model, ctx, blocks, c) for c in choices]
+    rt = make_runtime(runtime if runtime is not None else entry.get("runtime", "torch"),
+                      ctx.device, int(entry.get("threads") or torch.get_num_threads()))
     try:
         prepared = []
         runs = [*choices, *(fitted[i] for i in marks)]
@@ -874,16 +899,17 @@ def measure_model(ctx: dnax.StageContext, model: nn.Module, entry: Mapping[str, 
         return {"skipped": f"the table was measured on {entry['device']}, this machine has "
                            f"{here}"}
     threads = int(entry.get("threads") or torch.get_num_threads())
+    warm_allocator()
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rt = make_runtime(str(entry.get("runtime", "torch")), device, threads)
+    torch.set_num_threads(threads)
     try:
         net = copy.deepcopy(model).eval()
         res = int(entry.get("resolution") or ctx.resolution)
         chans = int(getattr(net, "in_chans", 3))
         prepared = rt.prepare(net, _input(int(entry["batch_size"]), chans, res))
         protocol = Protocol.from_dict(entry.get("protocol", {}))
-        got = run_protocol(lambda _t: {0: prepared.run()}, protocol)[0]
+        got = run_protocol(lambda _t: {0: (prepared.run(), prepared.run())[1]}, protocol)[0]
     finally:
         rt.close()
         torch.set_num_threads(before)
