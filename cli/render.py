@@ -121,6 +121,11 @@ def report_table(report: Mapping[str, Any]) -> Table:
                        ("flops", "FLOPs")):
         if key in teacher or key in student:
             t.add_row(label, _num(teacher.get(key, "")), _num(student.get(key, "")))
+    for key, label in (("latency_measured_ms", "latency ms, measured"),
+                       ("latency_predicted_ms", "latency ms, predicted"),
+                       ("latency_budget_ms", "latency ms, budget")):
+        if key in student:  # a pipeline with a latency cost model: the final network timed
+            t.add_row(label, "", _num(student[key]))
     stages = report.get("stages", {})
     times = [f"{name} " + ("reused" if s.get("skipped") else f"{s['seconds']:.1f} s")
              for name, s in stages.items()]

@@ -126,3 +126,25 @@ def test_inspect_draws_the_pareto_front_of_the_exact_selector(use_registry, pipe
     res = cli.invoke(app, ["inspect", str(run_dir)])
     assert res.exit_code == 2 and "needs matplotlib" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_report_shows_the_final_networks_measured_latency_beside_prediction_and_budget():
+    from rich.console import Console
+
+    from dnax.cli.render import report_table
+
+    report = {"pipeline": "p", "teacher": {"top1": 90.0}, "student": {
+        "top1": 88.5, "latency_measured_ms": 3.21, "latency_predicted_ms": 3.05,
+        "latency_budget_ms": 3.5}, "stages": {}}
+    console = Console(width=100, record=True, color_system=None)
+    console.print(report_table(report))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip()
+            for line in text.splitlines() if line.count("│") == 4}
+    assert rows["latency ms, measured"] == "3.21"
+    assert rows["latency ms, predicted"] == "3.05"
+    assert rows["latency ms, budget"] == "3.5"
+    plain = dict(report, student={"top1": 88.5})
+    console = Console(width=100, record=True, color_system=None)
+    console.print(report_table(plain))
+    assert "latency" not in console.export_text()
