@@ -249,7 +249,8 @@ def _profile(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     ]
     caption = (f"{Path(s['pipeline']).name} on {table['device']}: batch "
                f"{entry.get('batch_size', 1)}, resolution {entry.get('resolution', '?')} px, "
-               f"median of {entry.get('repeats', '?')} runs after {entry.get('warmup', '?')}; "
+               f"{(entry.get('protocol') or {}).get('statistic', 'median')} of the runs "
+               f"(protocol in the table); "
                f"table {path}")
     figures = {"ops": len(entry.get("ops", {})), "profile_s": seconds, "check_s": check_s,
                "spearman": result.spearman, "kendall": result.kendall,
