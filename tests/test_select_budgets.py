@@ -22,6 +22,17 @@ DIGITS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.tom
 METRICS = ("params", "flops", "latency")
 
 
+def _quick_digits(limit: int) -> dict:
+    """The digits example on CPU, one thread, ``limit`` images, one epoch per stage."""
+    config = tomllib.loads(DIGITS.read_text())
+    config["pipeline"] |= {"device": "cpu", "threads": 1}
+    config["data"]["limit"] = limit
+    config["teacher"]["epochs"] = 1
+    config["trainer"]["epochs"] = 1
+    config["evaluator"]["batches"] = 2
+    return config
+
+
 def _paper(seed: int, tightness: float):
     scores, raw = synthetic_problem(seed)
     costs = [np.stack([c[m] for m in METRICS], axis=1) for c in raw]
@@ -70,12 +81,7 @@ def test_digits_pipeline_under_params_flops_and_latency(tmp_path):
     """The digits example (1 epoch per stage) with a measured latency table and a budget on
     each of params, FLOPs and latency: its selection is the brute-force best of all 160,000
     networks under the three budgets, read from the stored rankings and costs."""
-    config = tomllib.loads(DIGITS.read_text())
-    config["pipeline"] |= {"device": "cpu", "threads": 1}
-    config["data"]["limit"] = 600
-    config["teacher"]["epochs"] = 1
-    config["trainer"]["epochs"] = 1
-    config["evaluator"]["batches"] = 2
+    config = _quick_digits(limit=600)
     config["costs"] = [{"plugin": "params"}, {"plugin": "flops"},
                        {"plugin": "latency", "table": "latency.json"}]
     config["selector"] = {"plugin": "exact", "top_k": 3}
@@ -150,12 +156,7 @@ def test_digits_with_cells_of_two_widths_end_to_end(tmp_path):
     40: the run ends with a retrained network; the selection is the brute-force best under the
     params budget with block 2's costs read for the width chosen before it, and the exported
     network has exactly the predicted parameter count."""
-    config = tomllib.loads(DIGITS.read_text())
-    config["pipeline"] |= {"device": "cpu", "threads": 1}
-    config["data"]["limit"] = 400
-    config["teacher"]["epochs"] = 1
-    config["trainer"]["epochs"] = 1
-    config["evaluator"]["batches"] = 2
+    config = _quick_digits(limit=400)
     config["space"]["blocks"][1] = {"cells": [{"depth": 1, "width": 32},
                                               {"depth": 2, "width": 40}]}
     config["retrainer"] |= {"epochs": 1, "onnx": False}
