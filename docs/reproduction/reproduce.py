@@ -1,17 +1,23 @@
-"""A small-scale reproduction of DNA's claims on Fashion-MNIST, with dnax.
+"""A reproduction of DNA's claims on Fashion-MNIST, with dnax, sized to have the power to test them.
 
-Steps, run in order; each finished step is skipped, so rerunning the command resumes:
+Steps; each finished step is skipped, so rerunning the command resumes:
 
-  search      a 32 px EfficientNet teacher, its block supernets, every candidate ranked, the best
+  sample      architectures stratified over the space (cell depths first, then ops), and random
+              architectures under the teacher's parameter count -> archs.json
+  search      a 28 px EfficientNet teacher, its block supernets, every candidate scored, the best
               student under the teacher's parameter count selected and retrained (dnax pipeline)
-  sample      architectures drawn uniformly (seeded) from the space -> archs.json (DNA rating)
-  standalone  each sampled architecture trained from scratch, one fixed recipe -> standalone.csv
+              -> search.json, scores.csv
+  blocks      per block, candidates across cells trained alone against cached teacher features,
+              scored like the supernet -> blocks.csv
   spos        SPOS baseline: one whole-network supernet, uniform single paths, cross-entropy;
-              each sampled architecture's path after BN recalibration -> spos.csv
-  table       the results table from the raw files only (rerunning it gives the same file)
+              every architecture's path after BatchNorm recalibration -> spos.csv
+  standalone  every architecture trained from scratch with one recipe, 2 seeds; also the teacher,
+              the student and the random architectures under the budget -> standalone.csv
+  table       RESULTS.md from the raw files only (rerunning it gives the same file)
 
-    python docs/reproduction/reproduce.py                  # --scale cpu, every step
+    python docs/reproduction/reproduce.py                  # --scale cpu: every step, 2 workers
     python docs/reproduction/reproduce.py --scale smoke    # a minute: checks the machinery
+    python docs/reproduction/reproduce.py --scale gpu      # one GPU, within 5 minutes
     python docs/reproduction/reproduce.py table            # the table again
 """
 
@@ -20,10 +26,14 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import fcntl
 import io
+import itertools
 import json
+import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,53 +52,63 @@ import dnax
 from dnax.rundir import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("search", "sample", "standalone", "spos", "table")
-RESOLUTION = 32
+STEPS = ("sample", "search", "blocks", "spos", "standalone", "table")
+#: Fashion-MNIST's own size: no resizing
+RESOLUTION = 28
 
-#: EfficientNet-B0's first five stages (widths 16..112), two layers per searched stage, strides
-#: set for 32 px inputs (stem 16 px -> 8 -> 4 -> 4 -> 2); stage 0 is fixed, stages 1..4 are the
-#: four searched blocks
+#: stem 3x3 stride 2 (28 -> 14 px), one fixed depthwise stage, then three searched blocks on
+#: 14x14, 7x7 and 7x7 maps, where kernels 3, 5 and 7 see different amounts of the image
 TEACHER_ARCH = (
     ("ds_r1_k3_s1_e1_c16_se0.25",),
-    ("ir_r2_k3_s2_e6_c24_se0.25",),
+    ("ir_r2_k3_s1_e6_c24_se0.25",),
     ("ir_r2_k5_s2_e6_c40_se0.25",),
-    ("ir_r2_k3_s1_e6_c80_se0.25",),
-    ("ir_r2_k5_s2_e6_c112_se0.25",),
+    ("ir_r3_k3_s1_e6_c80_se0.25",),
 )
 STEM_SIZE = 16
-NUM_FEATURES = 640
+NUM_FEATURES = 320
 #: per block three cells of 1, 2 and 3 layers, each layer one of 6 ops: 258 candidates a block
 CELL_DEPTHS = (1, 2, 3)
 KERNELS = (3, 5, 7)
 EXPANSIONS = (3, 6)
-#: the teacher's training recipe, also the searched student's and the stand-alone runs'
+#: one training recipe for every network trained from scratch here (teacher too)
 LR, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP = 0.004, 0.05, 0.1, 1
 
 
 @dataclass(frozen=True)
 class Scale:
-    """How much data and how many epochs each step gets."""
+    """How much data, how many networks and epochs each step gets."""
 
     limit: int | None  # images per split (train, heldout, val); None: all of them
     batch_size: int
-    teacher_epochs: int  # the teacher and the searched student (the same recipe)
+    teacher_epochs: int  # the teacher the blocks are distilled from
     distill_epochs: int
     rank_batches: int  # held-out batches of 64 every candidate is scored on
-    archs: int
-    standalone_epochs: int
-    spos_epochs: int  # = cells per block x distill epochs: each op as many updates as in DNA
+    archs: int  # stratified sample
+    seeds: int  # stand-alone runs per architecture
+    standalone_epochs: int  # every network trained from scratch: sample, teacher, student, random
+    random_archs: int  # random architectures under the teacher's parameter count
+    spos_epochs: int
     recal_batches: int  # train batches that recalibrate BatchNorm per SPOS path
+    block_candidates: int  # per block, trained alone against the teacher's features
+    block_epochs: int
+    block_images: int  # train images (teacher features cached) for the stand-alone blocks
+    workers: int  # processes training stand-alone networks side by side
+    minutes: float | None  # deadline: counts shrink rather than overrun
 
 
 SCALES = {
-    "smoke": Scale(limit=256, batch_size=32, teacher_epochs=1, distill_epochs=1, rank_batches=1,
-                   archs=4, standalone_epochs=1, spos_epochs=3, recal_batches=2),
-    "cpu": Scale(limit=10_000, batch_size=64, teacher_epochs=10, distill_epochs=5,
-                 rank_batches=10, archs=20, standalone_epochs=3, spos_epochs=15,
-                 recal_batches=10),
-    "full": Scale(limit=None, batch_size=128, teacher_epochs=40, distill_epochs=20,
-                  rank_batches=20, archs=30, standalone_epochs=20, spos_epochs=60,
-                  recal_batches=20),
+    "smoke": Scale(limit=256, batch_size=32, teacher_epochs=1, distill_epochs=1, rank_batches=2,
+                   archs=4, seeds=2, standalone_epochs=1, random_archs=2, spos_epochs=1,
+                   recal_batches=2, block_candidates=3, block_epochs=1, block_images=128,
+                   workers=2, minutes=None),
+    "cpu": Scale(limit=6_000, batch_size=64, teacher_epochs=10, distill_epochs=3,
+                 rank_batches=16, archs=32, seeds=2, standalone_epochs=3, random_archs=5,
+                 spos_epochs=20, recal_batches=4, block_candidates=24, block_epochs=3,
+                 block_images=3_000, workers=2, minutes=115.0),
+    "gpu": Scale(limit=None, batch_size=256, teacher_epochs=8, distill_epochs=4,
+                 rank_batches=16, archs=48, seeds=2, standalone_epochs=4, random_archs=6,
+                 spos_epochs=6, recal_batches=4, block_candidates=30, block_epochs=4,
+                 block_images=20_000, workers=4, minutes=4.5),
 }
 
 
@@ -121,6 +141,24 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], header: Sequence[st
     atomic_write_text(path, buf.getvalue())
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path``: processes appending rows to one file take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def append_row(path: Path, row: Mapping[str, Any], header: Sequence[str]) -> None:
+    """Add one row (atomic rewrite under the file's lock)."""
+    with locked(path):
+        write_csv(path, [*read_csv(path), row], header)
+
+
 def machine() -> dict[str, Any]:
     import timm
 
@@ -140,22 +178,26 @@ def now() -> str:
 
 
 class Experiment:
-    """The results folder of one scale: settings, raw files, and each step's wall time."""
+    """The results folder of one scale: settings, raw files, each step's wall time, deadline."""
 
-    RAW = ("settings.json", "steps.json", "search.json", "archs.json", "standalone.csv",
-           "spos.csv")
+    RAW = ("settings.json", "steps.json", "archs.json", "search.json", "scores.csv",
+           "blocks.csv", "spos.csv", "standalone.csv")
 
     def __init__(self, root: Path, scale: str, seed: int = 0, device: str = "auto",
-                 threads: int = 0):
+                 threads: int = 0, deadline: float | None = None):
         self.root, self.scale_name, self.seed = Path(root), scale, seed
         self.scale, self.device, self.threads = SCALES[scale], device, threads
+        self.deadline = deadline  # time.time() after which no new unit of work starts
         self.pipeline_toml = self.root / "pipeline.toml"
         self.run_dir = self.root / "run"
         self.files = {name: self.root / name for name in self.RAW}
 
     def check_settings(self, write: bool = True) -> None:
         """Refuse to mix the results of different settings in one folder; record them."""
-        want = {"scale": self.scale_name, "seed": self.seed, **asdict(self.scale)}
+        want = {"scale": self.scale_name, "seed": self.seed, "resolution": RESOLUTION,
+                **asdict(self.scale)}
+        for k in ("workers", "minutes"):  # how the work is run, not what it measures
+            want.pop(k)
         path = self.files["settings.json"]
         if path.exists():
             have = read_json(path)
@@ -173,15 +215,20 @@ class Experiment:
     def finished(self, step: str) -> bool:
         return bool(self.steps().get(step, {}).get("finished"))
 
+    def time_left(self, need: float = 0.0) -> bool:
+        """Whether a unit of work expected to take ``need`` seconds still fits the deadline."""
+        return self.deadline is None or time.time() + need < self.deadline
+
     @contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        """Add this session's wall time to the step's; mark it finished when the body returns."""
-        t0, ok = time.perf_counter(), False
+    def timed(self, step: str) -> Iterator[dict[str, Any]]:
+        """Add this session's wall time to the step's; mark it finished when the body returns
+        without having been cut short (the body sets ``cut`` in the yielded dict)."""
+        t0, ok, state = time.perf_counter(), False, {"cut": False}
         record = self.steps().get(step, {"seconds": 0.0, "sessions": 0})
         record.setdefault("started", now())
         try:
-            yield
-            ok = True
+            yield state
+            ok = not state["cut"]
         finally:
             steps = self.steps()
             record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)
@@ -189,6 +236,9 @@ class Experiment:
             record["machine"] = machine()
             if ok:
                 record["finished"] = now()
+                record.pop("cut", None)
+            elif state["cut"]:
+                record["cut"] = now()
             steps[step] = record
             write_json(self.files["steps.json"], steps)
 
@@ -197,7 +247,6 @@ def ensure_data() -> None:
     """Fashion-MNIST comes from the Debian package dataset-fashion-mnist: install it when it is
     missing and apt-get can (root), else stop with the command to run."""
     import shutil
-    import subprocess
 
     from dnax.plugins.data.fashion_mnist import DEBIAN_ROOT
 
@@ -235,53 +284,68 @@ def registry(step: str) -> Any:
     return Registry.create(entry_points=False, plugins=[Echo(step)])
 
 
-def loaded(exp: Experiment) -> tuple[dnax.Run, dnax.PipelineConfig, dnax.Plugins]:
-    """The finished search run, its pipeline config and its plugins."""
+def configured(exp: Experiment) -> tuple[dnax.PipelineConfig, dnax.Plugins]:
+    """The pipeline config and its plugins (the pipeline file is written first if missing)."""
+    import tomli_w
+
     from dnax.runner import instantiate
 
+    if not exp.pipeline_toml.exists():
+        atomic_write_text(exp.pipeline_toml, tomli_w.dumps(pipeline(exp)))
     reg = registry("load")
     config = dnax.load_pipeline(exp.pipeline_toml, reg)
-    return dnax.load_run(exp.run_dir), config, instantiate(config, reg)
+    return config, instantiate(config, reg)
 
 
-def context(stage: str, config: dnax.PipelineConfig, plugins: dnax.Plugins, folder: Path
-            ) -> dnax.StageContext:
-    """A stage context outside the runner: the pipeline's data, teacher data config, device."""
+def context(stage: str, config: dnax.PipelineConfig, plugins: dnax.Plugins, folder: Path,
+            seed: int | None = None) -> dnax.StageContext:
+    """A stage context outside the runner: the pipeline's data and device; ``seed`` replaces
+    the pipeline seed (initial weights, data order), never the data split's."""
+    import attrs
+
+    from dnax.context import QuietHooks
     from dnax.runner import resolve_device
 
+    if seed is not None:
+        config = attrs.evolve(config, pipeline=attrs.evolve(config.pipeline, seed=seed))
     device = resolve_device(config.pipeline.device, dnax.DistInfo())
-    from dnax.context import QuietHooks
-
-    # progress and log lines are dropped: these steps print one line per architecture instead
+    # progress and log lines are dropped: these steps print one line per network instead
     return dnax.StageContext(stage, config, plugins, dnax.RunDir(folder), QuietHooks(), device)
 
 
-def count_flops(model: nn.Module) -> int:
-    """FLOPs of one 32 px image (torch's flop counter: 2 per multiply-add, as dnax counts)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def teacher_params() -> int:
+    from dnax.plugins.teachers.efficientnet import EfficientNetConfig, EfficientNetTeacher
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.eval()(torch.zeros(1, 3, RESOLUTION, RESOLUTION))
-    return int(counter.get_total_flops())
+    cfg = EfficientNetConfig(arch_def=TEACHER_ARCH, stem_size=STEM_SIZE,
+                             num_features=NUM_FEATURES)
+    return sum(p.numel() for p in EfficientNetTeacher(cfg).build_model(10).parameters())
 
 
-# --- step: search -----------------------------------------------------------------------------
+def retrain_recipe(exp: Experiment) -> dict[str, Any]:
+    """The one from-scratch recipe (AdamW, cosine, warm-up, label smoothing; no EMA, dropout or
+    drop-path): networks differ only in their architecture."""
+    return {"plugin": "timm", "recipe": "quick", "epochs": exp.scale.standalone_epochs,
+            "batch_size": exp.scale.batch_size, "lr": LR, "weight_decay": WEIGHT_DECAY,
+            "warmup_epochs": WARMUP, "label_smoothing": LABEL_SMOOTHING, "drop_rate": 0.0,
+            "drop_path_rate": 0.0, "ema_decay": 0.0}
 
-def pipeline(exp: Experiment, teacher_params: int) -> dict[str, Any]:
+
+def pipeline(exp: Experiment) -> dict[str, Any]:
     """The dnax pipeline of the search: teacher, space, distill, prefix, costs, exact, timm."""
     s = exp.scale
     data: dict[str, Any] = {"plugin": "fashion_mnist", "seed": exp.seed}
     if s.limit is not None:
         data["limit"] = s.limit
+    teacher = {k: v for k, v in retrain_recipe(exp).items()
+               if k in ("batch_size", "lr", "weight_decay", "label_smoothing")}
     return {
         "pipeline": {"name": f"fashion-mnist-{exp.scale_name}", "resolution": RESOLUTION,
                      "seed": exp.seed, "device": exp.device, "threads": exp.threads},
         "data": data,
         "teacher": {"plugin": "efficientnet", "arch_def": [list(a) for a in TEACHER_ARCH],
                     "stem_size": STEM_SIZE, "num_features": NUM_FEATURES,
-                    "epochs": s.teacher_epochs, "batch_size": s.batch_size, "opt": "adamw",
-                    "lr": LR, "weight_decay": WEIGHT_DECAY, "sched": "cosine",
-                    "warmup_epochs": WARMUP, "label_smoothing": LABEL_SMOOTHING},
+                    "epochs": s.teacher_epochs, "opt": "adamw", "sched": "cosine",
+                    "warmup_epochs": WARMUP, **teacher},
         "space": {"plugin": "mbconv", "preset": "custom", "kernels": list(KERNELS),
                   "expansions": list(EXPANSIONS), "stem_size": STEM_SIZE,
                   "stem_stage": list(TEACHER_ARCH[0]), "num_features": NUM_FEATURES,
@@ -291,46 +355,123 @@ def pipeline(exp: Experiment, teacher_params: int) -> dict[str, Any]:
                     "batch_size": s.batch_size},
         "evaluator": {"plugin": "prefix", "batches": s.rank_batches, "batch_size": 64},
         "costs": [{"plugin": "params"}, {"plugin": "flops"}],
-        "selector": {"plugin": "exact", "key": "nmae", "budgets": {"params": teacher_params}},
-        # the teacher's recipe (AdamW, cosine, warm-up, label smoothing; no EMA, dropout or
-        # drop-path, which the teacher does not get either): student and teacher differ only
-        # in their architecture
-        "retrainer": {"plugin": "timm", "recipe": "quick", "epochs": s.teacher_epochs,
-                      "batch_size": s.batch_size, "lr": LR, "weight_decay": WEIGHT_DECAY,
-                      "warmup_epochs": WARMUP, "label_smoothing": LABEL_SMOOTHING,
-                      "drop_rate": 0.0, "drop_path_rate": 0.0, "ema_decay": 0.0},
+        "selector": {"plugin": "exact", "key": "nmae", "budgets": {"params": teacher_params()}},
+        "retrainer": retrain_recipe(exp),
     }
 
 
-def teacher_model(num_classes: int = 10) -> nn.Module:
-    from dnax.plugins.teachers.efficientnet import EfficientNetConfig, EfficientNetTeacher
-
-    cfg = EfficientNetConfig(arch_def=TEACHER_ARCH, stem_size=STEM_SIZE,
-                             num_features=NUM_FEATURES)
-    return EfficientNetTeacher(cfg).build_model(num_classes)
+def space_blocks(plugins: dnax.Plugins) -> tuple[dnax.BlockSpec, ...]:
+    """The searched blocks, from the teacher's architecture alone (no training needed)."""
+    return plugins.teacher.blocks(RESOLUTION)
 
 
-def step_search(exp: Experiment) -> None:
-    import tomli_w
+def count_flops(model: nn.Module) -> int:
+    """FLOPs of one 28 px image (torch's flop counter: 2 per multiply-add, as dnax counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    teacher = teacher_model()
-    teacher_params = sum(p.numel() for p in teacher.parameters())
-    atomic_write_text(exp.pipeline_toml, tomli_w.dumps(pipeline(exp, teacher_params)))
-    say("search", f"teacher: {teacher_params:,} params; pipeline {exp.pipeline_toml}")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, RESOLUTION, RESOLUTION))
+    return int(counter.get_total_flops())
+
+
+# --- step: sample -----------------------------------------------------------------------------
+
+def candidate_index(space: dnax.SearchSpace, spec: dnax.BlockSpec) -> dict[tuple, int]:
+    """Each candidate's index in the block's ranking, by (cell, ops)."""
+    return {(c.cell, tuple(c.ops)): i for i, c in enumerate(space.candidates(spec))}
+
+
+def stratified_depths(n: int, blocks: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """``n`` cell-depth combinations (one cell per block): every combination once in a shuffled
+    round, then the next round, so any ``n`` covers the combinations as evenly as it can."""
+    combos = list(itertools.product(range(len(CELL_DEPTHS)), repeat=blocks))
+    out: list[tuple[int, ...]] = []
+    while len(out) < n:
+        out += [combos[i] for i in rng.permutation(len(combos))]
+    return out[:n]
+
+
+def network(space: dnax.SearchSpace, blocks: Sequence[dnax.BlockSpec], index: Sequence[dict],
+            picks: Sequence[tuple[int, tuple[int, ...]]]) -> dict[str, Any]:
+    """One architecture (per block a cell and an op per layer): its candidates, arch def, and
+    params and FLOPs counted on the network timm builds."""
+    from dnax.plugins.retrainers.export import build_model
+
+    chosen = [space.candidates(b)[idx[p]] for b, idx, p in zip(blocks, index, picks, strict=True)]
+    arch_def = space.arch_def(blocks, chosen)
+    model = build_model(arch_def, 10, space.model_kwargs())
+    return {"candidates": [idx[p] for idx, p in zip(index, picks, strict=True)],
+            "cells": [c.cell for c in chosen], "depths": [len(c.ops) for c in chosen],
+            "ops": [list(c.ops) for c in chosen], "arch_def": arch_def,
+            "params": sum(p.numel() for p in model.parameters()), "flops": count_flops(model)}
+
+
+def step_sample(exp: Experiment, state: dict[str, Any]) -> None:
+    _, plugins = configured(exp)
+    space, blocks = plugins.space, space_blocks(plugins)
+    index = [candidate_index(space, b) for b in blocks]
+    n_ops = len(space.cells(blocks[0])[0].ops)
+    rng = np.random.default_rng([exp.seed, 16])
+    budget = teacher_params()
+    archs: list[dict[str, Any]] = []
+    seen: set[tuple[int, ...]] = set()
+
+    def add(group: str, picks: list[tuple[int, tuple[int, ...]]]) -> bool:
+        arch = network(space, blocks, index, picks)
+        key = tuple(arch["candidates"])
+        if key in seen or (group == "random" and arch["params"] > budget):
+            return False
+        seen.add(key)
+        archs.append({"id": len(archs), "group": group, **arch})
+        return True
+
+    # stratified: cell depths first (balanced over the 27 combinations), then ops uniformly
+    for depths in stratified_depths(exp.scale.archs, len(blocks), rng):
+        while not add("sample", [(d, tuple(int(o) for o in
+                                           rng.integers(n_ops, size=CELL_DEPTHS[d])))
+                                 for d in depths]):
+            pass
+    # random under the teacher's parameter count: uniform over the space's networks, rejected
+    # above the budget
+    while sum(a["group"] == "random" for a in archs) < exp.scale.random_archs:
+        picks = []
+        for idx in index:
+            cell, ops = list(idx)[int(rng.integers(len(idx)))]
+            picks.append((cell, ops))
+        add("random", picks)
+    write_json(exp.files["archs.json"], {"seed": exp.seed, "budget": {"params": budget},
+                                         "model_kwargs": space.model_kwargs(), "archs": archs})
+    sample = [a for a in archs if a["group"] == "sample"]
+    say("sample", f"{len(sample)} stratified architectures, {min(a['params'] for a in sample):,} "
+                  f"to {max(a['params'] for a in sample):,} params; "
+                  f"{len(archs) - len(sample)} random under {budget:,}")
+
+
+# --- step: search -----------------------------------------------------------------------------
+
+SCORES = ("block", "candidate", "cell", "depth", "ops", "nmae", "nmse", "mse")
+
+
+def step_search(exp: Experiment, state: dict[str, Any]) -> None:
+    configured(exp)  # writes pipeline.toml
+    say("search", f"teacher: {teacher_params():,} params; pipeline {exp.pipeline_toml}")
     run = dnax.run_pipeline(exp.pipeline_toml, exp.run_dir, registry=registry("search"))
     t, sel = run.results["teacher"], run.selection
     student = run.results["retrain"].metrics
-    # accuracies in percent, as the teacher and the retrainer report them
+    rows = []
+    for r in run.rankings():
+        for i, c in enumerate(r.candidates):
+            rows.append({"block": r.block, "candidate": i, "cell": c.cell, "depth": len(c.ops),
+                         "ops": " ".join(map(str, c.ops)),
+                         **{m: f"{float(r.scores[m][i]):.6g}" for m in SCORES[5:]}})
+    write_csv(exp.files["scores.csv"], rows, SCORES)
     write_json(exp.files["search.json"], {
-        "teacher": {"top1": t.metrics["top1"], "top5": t.metrics["top5"],
-                    "params": t.metrics["params"], "flops": float(count_flops(teacher)),
-                    "epochs": t.metrics.get("epochs"),
-                    "train_seconds": t.metrics.get("train_seconds"), "arch_def": TEACHER_ARCH},
-        "student": {"top1": student["top1"], "top5": student["top5"],
-                    "params": student["params"], "flops": student["flops"],
-                    "epochs": student["epochs"], "train_seconds": student["seconds"],
-                    "arch_def": sel.arch_def, "candidates": sel.candidates,
-                    "rating": sel.score, "predicted_costs": sel.costs},
+        "teacher": {"top1": t.metrics["top1"], "params": t.metrics["params"],
+                    "epochs": t.metrics.get("epochs"), "arch_def": TEACHER_ARCH},
+        "student": {"top1": student["top1"], "params": student["params"],
+                    "flops": student["flops"], "arch_def": sel.arch_def,
+                    "candidates": list(sel.candidates), "rating": sel.score,
+                    "predicted_costs": sel.costs, "cells": [], "model_kwargs": sel.model_kwargs},
         "budgets": sel.budgets,
         "key": run.results["rank"].key,
         "blocks": [{"index": b.index, "in_chs": b.in_chs, "out_chs": b.out_chs,
@@ -340,85 +481,138 @@ def step_search(exp: Experiment) -> None:
         "supernet_loss": {f"block{b.block}": b.loss for b in run.results["train"].blocks},
         "stages": run.report["stages"] if run.report else {},
     })
-    say("search", f"teacher top-1 {t.metrics['top1']:.2f} %, student top-1 "
-                  f"{student['top1']:.2f} % ({student['params']:,.0f} params)")
+    say("search", f"teacher top-1 {t.metrics['top1']:.2f} % ({exp.scale.teacher_epochs} "
+                  f"epochs), student {student['params']:,.0f} params")
 
 
-# --- step: sample -----------------------------------------------------------------------------
+# --- step: blocks -----------------------------------------------------------------------------
 
-def step_sample(exp: Experiment) -> None:
-    run, _, plugins = loaded(exp)
-    blocks = run.results["teacher"].blocks
-    key = run.results["rank"].key
-    rankings, fixed = run.rankings(), run.fixed_costs
-    rng = np.random.default_rng([exp.seed, 8])
-    seen: set[tuple[int, ...]] = set()
-    archs: list[dict[str, Any]] = []
-    while len(archs) < exp.scale.archs:
-        # uniform over the space's networks: per block one candidate, uniform over all of them
-        choice = tuple(int(rng.integers(len(r.candidates))) for r in rankings)
-        if choice in seen:
+BLOCKS = ("block", "candidate", "cell", "depth", "ops", "nmae", "mse", "train_mse", "epochs",
+          "images", "seconds")
+
+
+def block_picks(space: dnax.SearchSpace, blocks: Sequence[dnax.BlockSpec], n: int,
+                seed: int) -> list[tuple[int, int]]:
+    """``n`` distinct candidates per block (all of them when it has fewer), spread as evenly
+    over its cells as their sizes allow (ops uniform), listed round-robin over blocks and cells
+    so a prefix is balanced too."""
+    rng = np.random.default_rng([seed, 24])
+    per_block = []
+    for b in blocks:
+        by_cell: dict[int, list[int]] = {}
+        for i, c in enumerate(space.candidates(b)):
+            by_cell.setdefault(c.cell, []).append(i)
+        cells = sorted(by_cell, key=lambda c: len(by_cell[c]))
+        quota, left = {}, n
+        for k, c in enumerate(cells):  # smallest cells first: what they lack goes to the rest
+            quota[c] = min(len(by_cell[c]), -(-left // (len(cells) - k)))
+            left -= quota[c]
+        drawn = [list(rng.permutation(by_cell[c])[:quota[c]]) for c in sorted(by_cell)]
+        per_block.append([int(i) for i in itertools.chain.from_iterable(
+            itertools.zip_longest(*drawn)) if i is not None])
+    return [(b.index, i) for row in itertools.zip_longest(*per_block) for b, i in
+            zip(blocks, row, strict=True) if i is not None]
+
+
+def scoring_images(ctx: dnax.StageContext, batches: int, batch_size: int) -> list[int]:
+    """The held-out images the prefix evaluator scores every candidate on (same permutation)."""
+    n = len(ctx.plugins.data.dataset("heldout", ctx.data_config))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
+    return order[:min(n, batches * batch_size) // batch_size * batch_size or n]
+
+
+@torch.no_grad()
+def teacher_features(ctx: dnax.StageContext, teacher: nn.Module, split: str,
+                     indices: Sequence[int]) -> list[torch.Tensor]:
+    """Per block the teacher's input, then the last block's output (len = blocks + 1)."""
+    dataset = ctx.plugins.data.dataset(split, ctx.data_config)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)),
+                                         batch_size=256)
+    parts: list[list[torch.Tensor]] = []
+    for images, _ in loader:
+        feats = ctx.plugins.teacher.block_features(teacher, images.to(ctx.device))
+        parts = parts or [[] for _ in feats]
+        for k, f in enumerate(feats):
+            parts[k].append(f.float())
+    return [torch.cat(p) for p in parts]
+
+
+def nmae(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Mean absolute error over the teacher output's standard deviation (whole tensor)."""
+    return float((student - teacher).abs().mean() / teacher.std())
+
+
+def train_block(cell: nn.Module, ops: Sequence[int], x: torch.Tensor, y: torch.Tensor,
+                epochs: int, batch_size: int, lr: float, decay: float, seed: int) -> float:
+    """Train one candidate alone (MSE to the teacher's block output, Adam, lr x decay per epoch
+    as the distill trainer); the last epoch's mean train MSE."""
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in cell.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, decay)
+    cell.train()
+    last = math.nan
+    for _ in range(epochs):
+        total, steps = 0.0, 0
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            if len(idx) < 2:
+                continue
+            loss = F.mse_loss(cell(x[idx], ops), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        sched.step()
+        last = total / max(steps, 1)
+    return last
+
+
+def step_blocks(exp: Experiment, state: dict[str, Any]) -> None:
+    from dnax.plugins.trainers.distill import block_lrs
+
+    run = dnax.load_run(exp.run_dir)
+    config, plugins = configured(exp)
+    ctx = context("blocks", config, plugins, exp.run_dir)  # the teacher's weights are there
+    space, blocks = plugins.space, run.results["teacher"].blocks
+    trainer = config.section("trainer").config
+    lrs = block_lrs(trainer.lr, len(blocks))
+    teacher = plugins.teacher.load(ctx, run.results["teacher"])
+    s = exp.scale
+    train_idx = np.random.default_rng([exp.seed, 32]).permutation(
+        len(plugins.data.dataset("train", ctx.data_config)))[:s.block_images]
+    train = teacher_features(ctx, teacher, "train", train_idx.tolist())
+    score = teacher_features(ctx, teacher, "heldout", scoring_images(ctx, s.rank_batches, 64))
+    del teacher
+    rows = read_csv(exp.files["blocks.csv"])
+    done = {(int(r["block"]), int(r["candidate"])) for r in rows}
+    picks = block_picks(space, blocks, s.block_candidates, exp.seed)
+    for k, (b, i) in enumerate(picks):
+        if (b, i) in done:
             continue
-        seen.add(choice)
-        picked = list(zip(rankings, choice, strict=True))
-        chosen = [r.candidates[i] for r, i in picked]
-        archs.append({
-            "id": len(archs), "candidates": list(choice),
-            "cells": [c.cell for c in chosen], "ops": [list(c.ops) for c in chosen],
-            "arch_def": plugins.space.arch_def(blocks, chosen),
-            "rating": float(sum(r.scores[key][i] for r, i in picked)),
-            "block_scores": [float(r.scores[key][i]) for r, i in picked],
-            **{m: float(fixed[m] + sum(r.costs[m][i] for r, i in picked)) for m in fixed},
-        })
-    write_json(exp.files["archs.json"], {"seed": exp.seed, "key": key, "fixed_costs": fixed,
-                                         "model_kwargs": plugins.space.model_kwargs(),
-                                         "archs": archs})
-    say("sample", f"{len(archs)} architectures, {min(a['params'] for a in archs):,.0f} to "
-                  f"{max(a['params'] for a in archs):,.0f} params")
-
-
-# --- step: standalone -------------------------------------------------------------------------
-
-STANDALONE = ("id", "top1", "top5", "params", "flops", "epochs", "train_seconds", "seconds")
-
-
-def step_standalone(exp: Experiment) -> None:
-    import attrs
-
-    from dnax.plugins.retrainers.export import load_meta
-    from dnax.plugins.retrainers.timm_retrainer import TimmRetrainer
-
-    _, config, plugins = loaded(exp)
-    spec = read_json(exp.files["archs.json"])
-    # ONE recipe for all: the searched student's (= the teacher's), standalone_epochs long
-    recipe = attrs.evolve(config.section("retrainer").config,
-                          epochs=exp.scale.standalone_epochs, onnx=False)
-    rows = read_csv(exp.files["standalone.csv"])
-    done = {int(r["id"]) for r in rows}
-    for arch in spec["archs"]:
-        if arch["id"] in done:
-            continue
+        took = [float(r["seconds"]) for r in rows if int(r["block"]) == b]
+        if not exp.time_left(float(np.median(took)) if took else 0.0):
+            state["cut"] = True
+            say("blocks", f"deadline: {len(rows)} of {len(picks)} candidates trained")
+            return
         t0 = time.perf_counter()
-        folder = exp.root / "standalone" / f"arch{arch['id']:03d}"
-        if (folder / "model" / "model.json").exists():  # trained, killed before its row
-            m = load_meta(folder / "model")["metrics"]
-        else:
-            ctx = context("standalone", config, plugins, folder)
-            selection = dnax.Selection(tuple(arch["candidates"]), arch["rating"], {}, {},
-                                       tuple(tuple(s) for s in arch["arch_def"]),
-                                       spec["model_kwargs"])
-            m = TimmRetrainer(recipe).retrain(ctx, selection).metrics
-        if m["params"] != arch["params"]:
-            raise SystemExit(f"arch {arch['id']}: the params cost model says "
-                             f"{arch['params']:.0f}, timm built {m['params']:.0f}")
-        rows.append({"id": arch["id"], "top1": f"{m['top1']:.4f}", "top5": f"{m['top5']:.4f}",
-                     "params": int(m["params"]), "flops": int(m["flops"]),
-                     "epochs": int(m["epochs"]), "train_seconds": f"{m['seconds']:.1f}",
-                     "seconds": f"{time.perf_counter() - t0:.1f}"})
-        write_csv(exp.files["standalone.csv"], rows, STANDALONE)
-        say("standalone", f"arch {len(rows)}/{len(spec['archs'])} (id {arch['id']}): top-1 "
-                          f"{m['top1']:.2f} %, {m['params']:,.0f} params "
-                          f"({time.perf_counter() - t0:.0f} s)")
+        spec = blocks[b]
+        cand = space.candidates(spec)[i]
+        torch.manual_seed(exp.seed * 1_000 + k)
+        cell = space.build_supernet(spec).cells[cand.cell].to(ctx.device)
+        train_mse = train_block(cell, cand.ops, train[b], train[b + 1], s.block_epochs,
+                                s.batch_size, lrs[b], trainer.lr_decay, exp.seed * 1_000 + k)
+        cell.eval()
+        with torch.no_grad():
+            out = torch.cat([cell(x, cand.ops) for x in score[b].split(256)])
+        row = {"block": b, "candidate": i, "cell": cand.cell, "depth": len(cand.ops),
+               "ops": " ".join(map(str, cand.ops)), "nmae": f"{nmae(out, score[b + 1]):.6g}",
+               "mse": f"{float(F.mse_loss(out, score[b + 1])):.6g}",
+               "train_mse": f"{train_mse:.6g}", "epochs": s.block_epochs, "images": len(train[b]),
+               "seconds": f"{time.perf_counter() - t0:.1f}"}
+        rows.append(row)
+        write_csv(exp.files["blocks.csv"], rows, BLOCKS)
+        say("blocks", f"{len(rows)}/{len(picks)}: block {b} candidate {i} (depth "
+                      f"{len(cand.ops)}): nmae {row['nmae']} ({row['seconds']} s)")
 
 
 # --- step: spos -------------------------------------------------------------------------------
@@ -427,8 +621,11 @@ SubnetPath = Sequence[tuple[int, Sequence[int]]]  # per block: (cell, op per lay
 
 
 class SPOSNet(nn.Module):
-    """SPOS's whole-network supernet: the searched network's stem, fixed stage(s) and head
-    around every block's supernet of the mbconv space (its cells, ops and adapters)."""
+    """SPOS's whole-network supernet: the searched network's stem, fixed stage(s) and head around
+    one shared stack of layers per block, as SPOS shares weights: a cell of depth d runs the
+    first d layers of the block's deepest cell (the other layers are skipped), each layer with
+    its chosen op. (Separate weights per cell, as DNA's block supernets have them, leave the next
+    block a different, unrelated input for every cell: such a supernet barely learns.)"""
 
     def __init__(self, space: dnax.SearchSpace, blocks: Sequence[dnax.BlockSpec],
                  num_classes: int):
@@ -439,13 +636,24 @@ class SPOSNet(nn.Module):
         net = build_model(space.arch_def(blocks, first), num_classes, space.model_kwargs())
         net.blocks = net.blocks[: len(net.blocks) - len(blocks)]  # the fixed stage(s)
         self.net = net
-        self.supernets = nn.ModuleList(space.build_supernet(b) for b in blocks)
+        stacks = []
+        for b in blocks:
+            cells = space.cells(b)
+            if len({c.out_chs for c in cells}) > 1:
+                raise SystemExit(f"spos: block {b.index} has cells of different widths, which "
+                                 "one stack of layers cannot share")
+            deepest = max(cells, key=lambda c: c.depth).index
+            stacks.append(space.build_supernet(b).cells[deepest])
+        self.stacks = nn.ModuleList(stacks)
 
     def forward(self, x: torch.Tensor, path: SubnetPath) -> torch.Tensor:
         net = self.net
         x = net.blocks(net.bn1(net.conv_stem(x)))
-        for supernet, (cell, ops) in zip(self.supernets, path, strict=True):
-            x = supernet(x, cell, ops)
+        for stack, (_, ops) in zip(self.stacks, path, strict=True):
+            x = stack.enter(x)
+            for layer, o in zip(stack.layers, ops, strict=False):  # the first len(ops) layers
+                x = layer[o](x)
+            x = stack.exit(x)
         return net.forward_head(net.bn2(net.conv_head(x)))
 
 
@@ -487,20 +695,18 @@ SPOS_STATE, SPOS_WEIGHTS = "resume.pt", "supernet.safetensors"
 
 def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
                blocks: Sequence[dnax.BlockSpec]) -> None:
-    """Cross-entropy, one uniform path per step, the stand-alone recipe's optimizer and
-    schedule; resumable per epoch."""
+    """Cross-entropy, one uniform path per step, the stand-alone recipe's optimizer, schedule
+    and augmentation; resumable per epoch."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
     s, rd, device, space = exp.scale, ctx.run_dir, ctx.device, ctx.plugins.space
-    recipe = ctx.config.section("retrainer").config
     train = ctx.loader("train", s.batch_size, shuffle=True, augment=True, drop_last=True)
     steps = len(train)
-    opt = create_optimizer_v2(model, "adamw", lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = create_optimizer_v2(model, "adamw", lr=LR, weight_decay=WEIGHT_DECAY)
     sched, _ = create_scheduler_v2(opt, sched="cosine", num_epochs=s.spos_epochs,
-                                   warmup_epochs=recipe.warmup_epochs, warmup_lr=recipe.lr * 1e-3,
-                                   min_lr=recipe.lr * 1e-3, step_on_epochs=False,
-                                   updates_per_epoch=steps)
+                                   warmup_epochs=WARMUP, warmup_lr=LR * 1e-3, min_lr=LR * 1e-3,
+                                   step_on_epochs=False, updates_per_epoch=steps)
     start, seconds = 0, 0.0
     state = rd.load_state(SPOS_STATE)
     if state is not None:
@@ -516,15 +722,18 @@ def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
         train.generator.manual_seed(seed)
         g = torch.Generator().manual_seed(seed + 1)
         model.train()
-        total = 0.0
+        total, hits, seen = 0.0, 0, 0
         for i, (x, y) in enumerate(train):
-            logits = model(x.to(device), sample_path(space, blocks, g))
-            loss = F.cross_entropy(logits, y.to(device), label_smoothing=recipe.label_smoothing)
+            x, y = x.to(device), y.to(device)
+            logits = model(x, sample_path(space, blocks, g))
+            loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step_update(epoch * steps + i + 1)
             total += loss.item()
+            hits += int((logits.argmax(-1) == y).sum())
+            seen += len(y)
         sched.step(epoch + 1)
         if not np.isfinite(total):
             raise SystemExit(f"spos: loss is {total} in epoch {epoch + 1}")
@@ -532,16 +741,17 @@ def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
         rd.save_state(SPOS_STATE, {"epoch": epoch + 1, "seconds": seconds,
                                    "model": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict()})
-        say("spos", f"epoch {epoch + 1}/{s.spos_epochs}: loss {total / steps:.4f} "
+        say("spos", f"epoch {epoch + 1}/{s.spos_epochs}: loss {total / steps:.4f}, train "
+                    f"top-1 of the sampled paths {100 * hits / max(seen, 1):.1f} % "
                     f"({time.perf_counter() - t0:.0f} s)")
     rd.save_tensors(SPOS_WEIGHTS, model.state_dict(), kind="spos-supernet",
                     metadata={"epochs": str(s.spos_epochs), "seconds": f"{seconds:.1f}"})
     rd.path(SPOS_STATE).unlink(missing_ok=True)
 
 
-def step_spos(exp: Experiment) -> None:
-    run, config, plugins = loaded(exp)
-    blocks = run.results["teacher"].blocks
+def step_spos(exp: Experiment, state: dict[str, Any]) -> None:
+    config, plugins = configured(exp)
+    blocks = space_blocks(plugins)
     ctx = context("spos", config, plugins, exp.root / "spos")
     torch.manual_seed(exp.seed)
     model = SPOSNet(plugins.space, blocks, plugins.data.num_classes).to(ctx.device)
@@ -566,44 +776,168 @@ def step_spos(exp: Experiment) -> None:
                     f"top-1 {top1:.2f} %")
 
 
+# --- step: standalone (a pool of training runs, shared by worker processes) -------------------
+
+STANDALONE = ("name", "group", "id", "seed", "top1", "top5", "params", "flops", "epochs",
+              "train_seconds", "seconds")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One network trained from scratch with one seed."""
+
+    name: str  # folder and row name: archNNN-sK, teacher-sK, student-sK
+    group: str  # sample, random, teacher, student
+    id: int | None  # the architecture's id in archs.json
+    seed: int
+
+
+def tasks(exp: Experiment) -> list[Task]:
+    """Every stand-alone run, most needed first: half the sample, the networks at the teacher's
+    budget (teacher, random, student), the other half (a deadline cuts the end of this list)."""
+    archs = read_json(exp.files["archs.json"])["archs"]
+    seeds = range(exp.seed, exp.seed + exp.scale.seeds)
+
+    def of(group: str) -> list[Task]:
+        return [Task(f"arch{a['id']:03d}-s{s}", group, a["id"], s)
+                for a in archs if a["group"] == group for s in seeds]
+
+    sample = of("sample")
+    half = len(sample) // 2 // exp.scale.seeds * exp.scale.seeds
+    fixed = [Task(f"{g}-s{s}", g, None, s) for g in ("teacher", "student") for s in seeds]
+    return [*sample[:half], fixed[0], *of("random"), *fixed[1:], *sample[half:]]
+
+
+def claim(exp: Experiment, task: Task) -> bool:
+    """Take ``task`` for this process (a claim file with its pid); a dead owner's claim is
+    taken over."""
+    path = exp.root / "claims" / task.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            with suppress(ValueError, OSError):
+                pid = int(path.read_text() or 0)
+                if pid == os.getpid():
+                    return True
+                if pid:
+                    try:
+                        os.kill(pid, 0)
+                        return False  # its owner is alive
+                    except ProcessLookupError:
+                        pass
+            with suppress(FileNotFoundError):
+                path.unlink()
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def selection_of(exp: Experiment, task: Task, archs: Mapping[int, Any], kwargs: Mapping
+                 ) -> dnax.Selection | None:
+    """The network a task trains (None: the student, before the search has selected it)."""
+    if task.group == "teacher":
+        arch_def = [list(a) for a in TEACHER_ARCH]
+    elif task.group == "student":
+        if not exp.files["search.json"].exists():
+            return None
+        arch_def = read_json(exp.files["search.json"])["student"]["arch_def"]
+    else:
+        arch_def = archs[task.id]["arch_def"]
+    return dnax.Selection((), 0.0, {}, {}, tuple(tuple(s) for s in arch_def), dict(kwargs))
+
+
+def train_one(exp: Experiment, task: Task, config: Any, plugins: Any,
+              selection: dnax.Selection) -> dict[str, float]:
+    """A task's metrics: the search's own retraining for the student's first seed (the same
+    recipe and seed), a finished model folder's, or a (resumed) training run."""
+    import attrs
+
+    from dnax.plugins.retrainers.export import load_meta
+    from dnax.plugins.retrainers.timm_retrainer import TimmRetrainer
+
+    if task.group == "student" and task.seed == exp.seed:
+        return load_meta(exp.run_dir / "model")["metrics"]
+    folder = exp.root / "standalone" / task.name
+    if (folder / "model" / "model.json").exists():  # trained, killed before its row
+        return load_meta(folder / "model")["metrics"]
+    recipe = attrs.evolve(config.section("retrainer").config, onnx=False)
+    ctx = context("standalone", config, plugins, folder, seed=task.seed)
+    return TimmRetrainer(recipe).retrain(ctx, selection).metrics
+
+
+def pool(exp: Experiment, state: dict[str, Any], who: str) -> None:
+    """Train unclaimed tasks until none is left (or the deadline); rows are appended as each
+    run finishes, so any number of processes can share the list."""
+    config, plugins = configured(exp)
+    spec = read_json(exp.files["archs.json"])
+    archs = {a["id"]: a for a in spec["archs"]}
+    todo = tasks(exp)
+    while True:
+        rows = read_csv(exp.files["standalone.csv"])
+        done = {r["name"] for r in rows}
+        pending = [t for t in todo if t.name not in done]
+        if not pending:
+            return
+        took = [float(r["seconds"]) for r in rows if r["group"] != "student"]
+        if not exp.time_left(float(np.median(took)) if took else 0.0):
+            state["cut"] = True
+            say(who, f"deadline: {len(done)} of {len(todo)} runs finished")
+            return
+        task = selection = None
+        for t in pending:
+            selection = selection_of(exp, t, archs, spec["model_kwargs"])
+            if selection is not None and claim(exp, t):
+                task = t
+                break
+        if task is None:
+            return  # the rest is claimed by live processes or waits for the search
+        t0 = time.perf_counter()
+        m = train_one(exp, task, config, plugins, selection)
+        if task.id is not None and m["params"] != archs[task.id]["params"]:
+            raise SystemExit(f"{task.name}: archs.json says {archs[task.id]['params']:,} "
+                             f"params, timm built {m['params']:,.0f}")
+        append_row(exp.files["standalone.csv"], {
+            "name": task.name, "group": task.group, "id": "" if task.id is None else task.id,
+            "seed": task.seed, "top1": f"{m['top1']:.4f}", "top5": f"{m['top5']:.4f}",
+            "params": int(m["params"]), "flops": int(m["flops"]), "epochs": int(m["epochs"]),
+            "train_seconds": f"{m['seconds']:.1f}",
+            "seconds": f"{time.perf_counter() - t0:.1f}"}, STANDALONE)
+        say(who, f"{task.name} ({task.group}): top-1 {m['top1']:.2f} %, {m['params']:,.0f} "
+                 f"params ({time.perf_counter() - t0:.0f} s)")
+
+
+def step_standalone(exp: Experiment, state: dict[str, Any]) -> None:
+    pool(exp, state, "standalone")
+    for proc in state.get("workers", ()):
+        proc.wait()
+    if not state["cut"]:
+        done = {r["name"] for r in read_csv(exp.files["standalone.csv"])}
+        missing = [t.name for t in tasks(exp) if t.name not in done]
+        if missing:  # a worker died or the deadline cut it
+            state["cut"] = True
+            say("standalone", f"{len(missing)} runs unfinished (first: {missing[0]}); rerun")
+
+
 # --- step: table ------------------------------------------------------------------------------
 
-def rankdata(x: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties given their average rank."""
-    a = np.asarray(x, dtype=np.float64)
-    ranks = np.empty(len(a))
-    ranks[np.argsort(a, kind="mergesort")] = np.arange(1, len(a) + 1)
-    for v in np.unique(a):
-        tie = a == v
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+def stats() -> Any:
+    """dnax's correlation module (``dnax.correlate`` the name is its function)."""
+    import importlib
 
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho: Pearson's r of the (average) ranks; NaN when undefined."""
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (ties in either variable accounted for); NaN when undefined."""
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    i, j = np.triu_indices(len(a), k=1)
-    sa, sb = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    den = np.sqrt(float(np.count_nonzero(sa)) * float(np.count_nonzero(sb)))
-    return float((sa * sb).sum() / den) if den > 0 else float("nan")
+    return importlib.import_module("dnax.correlate")
 
 
 def _f(v: float | None, spec: str = ".3f") -> str:
     return "n/a" if v is None or not np.isfinite(v) else format(v, spec)
 
 
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def _ci(stat: Mapping[str, Any], spec: str = ".2f") -> str:
+    lo, hi = stat["ci"]
+    return f"{_f(stat['value'], spec)} [{_f(lo, spec)}, {_f(hi, spec)}]"
 
 
 def _hms(seconds: float) -> str:
@@ -619,113 +953,336 @@ def _rel(path: Path) -> str:
         return path.name
 
 
-def render(exp: Experiment) -> str:
-    """The results table, from the raw files alone."""
-    for name in Experiment.RAW:
-        if not exp.files[name].exists():
-            raise SystemExit(f"{exp.files[name]}: missing; run the steps before `table`")
-    s = read_json(exp.files["settings.json"])
-    steps = read_json(exp.files["steps.json"])
-    search = read_json(exp.files["search.json"])
-    spec = read_json(exp.files["archs.json"])
-    alone = {int(r["id"]): r for r in read_csv(exp.files["standalone.csv"])}
-    spos = {int(r["id"]): r for r in read_csv(exp.files["spos.csv"])}
-    archs = [a for a in spec["archs"] if a["id"] in alone]
-    acc = {a["id"]: float(alone[a["id"]]["top1"]) for a in archs}
-    with_spos = [a for a in archs if a["id"] in spos]
-    proxies = [
-        ("DNA rating (summed block nmae, lower = better)", archs, lambda a: -a["rating"]),
-        ("SPOS supernet top-1 (one supernet, cross-entropy, uniform single path)",
-         with_spos, lambda a: float(spos[a["id"]]["top1"])),
-        ("params (more = better; a trivial baseline)", archs, lambda a: a["params"]),
-        ("FLOPs (more = better; a trivial baseline)", archs, lambda a: a["flops"]),
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+class Raw:
+    """The raw files of one results folder, joined."""
+
+    def __init__(self, exp: Experiment):
+        for name in Experiment.RAW:
+            if not exp.files[name].exists():
+                raise SystemExit(f"{exp.files[name]}: missing; run the steps before `table`")
+        f = exp.files
+        self.settings, self.steps = read_json(f["settings.json"]), read_json(f["steps.json"])
+        self.search, spec = read_json(f["search.json"]), read_json(f["archs.json"])
+        self.archs = spec["archs"]
+        self.budget = spec["budget"]["params"]
+        self.scores = {(int(r["block"]), int(r["candidate"])): r for r in read_csv(f["scores.csv"])}
+        self.blocks = read_csv(f["blocks.csv"])
+        self.spos = {int(r["id"]): float(r["top1"]) for r in read_csv(f["spos.csv"])}
+        self.runs = read_csv(f["standalone.csv"])
+        self.seeds = sorted({int(r["seed"]) for r in self.runs}) or [self.settings["seed"]]
+        for a in self.archs:  # the sample's candidate indices are the ranking's
+            for b, (i, cell, ops) in enumerate(zip(a["candidates"], a["cells"], a["ops"],
+                                                   strict=True)):
+                r = self.scores.get((b, i))
+                if r is None or (int(r["cell"]), r["ops"]) != (cell, " ".join(map(str, ops))):
+                    raise SystemExit(f"{f['archs.json']}: arch {a['id']} block {b} candidate "
+                                     f"{i} is not the one scores.csv lists")
+            a["rating"] = sum(float(self.scores[(b, i)][self.search["key"]])
+                              for b, i in enumerate(a["candidates"]))
+
+    def top1(self, group: str, id: int | None = None) -> dict[int, float]:
+        """Stand-alone val top-1 by seed."""
+        return {int(r["seed"]): float(r["top1"]) for r in self.runs if r["group"] == group
+                and (id is None or r["id"] == str(id))}
+
+
+def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
+    c = stats()
+    sample = [a for a in raw.archs if a["group"] == "sample" and raw.top1("sample", a["id"])]
+    if len(sample) < 3:
+        return ["Fewer than 3 architectures trained: no ranking figures yet.", ""], None
+    truth = np.array([[raw.top1("sample", a["id"]).get(s, math.nan) for s in raw.seeds]
+                      for a in sample])
+    spos = [raw.spos.get(a["id"], math.nan) for a in sample]
+    have_spos = all(math.isfinite(v) for v in spos)
+    rep = c.analyse([a["rating"] for a in sample], truth, params=[a["params"] for a in sample],
+                    versus=spos if have_spos else None, versus_name="SPOS",
+                    seeds=[str(s) for s in raw.seeds], n_boot=2000, seed=0)
+    p = rep["predictors"]
+    nc = rep["noise_ceiling"]
+    s = raw.settings
+    out = [
+        f"{rep['n']} architectures, stratified (every combination of cell depths over the "
+        f"blocks in turn, then ops uniformly), each trained from scratch for "
+        f"{s['standalone_epochs']} epochs with seeds {', '.join(map(str, raw.seeds))} "
+        f"({rep['measurements']} runs). Truth = mean val top-1 over the seeds. Figures are "
+        "Kendall's τ-b and Spearman's rho with 95 % bootstrap intervals (2,000 resamples of the "
+        "architectures, paired across predictors).",
+        "",
+        "| predictor | Kendall τ [95 % CI] | Spearman rho [95 % CI] | top pick's true rank |",
+        "|---|---:|---:|---:|",
     ]
-    t, st = search["teacher"], search["student"]
+    names = {"dnax": "DNA rating (summed block nmae, lower = better)",
+             "SPOS": "SPOS path top-1 (one supernet, BN recalibrated)",
+             "params": "params (more = better; trivial baseline)"}
+    for k, name in names.items():
+        if k in p:
+            out.append(f"| {name} | {_ci(p[k]['kendall'])} | {_ci(p[k]['spearman'])} | "
+                       f"{p[k]['true_rank']} of {rep['n']} |")
+    if nc:
+        out.append(f"| noise ceiling: seed {raw.seeds[0]} vs seed {raw.seeds[1]} | "
+                   f"{_f(nc['kendall'], '.2f')} [{_f(nc['ci'][0], '.2f')}, "
+                   f"{_f(nc['ci'][1], '.2f')}] (n = {nc['n']}) | | |")
+    out.append("")
+    if "difference" in rep:
+        d = rep["difference"]
+        out.append(f"- τ(DNA) - τ(SPOS) = {_f(d['kendall'], '.2f')}, 95 % CI "
+                   f"[{_f(d['ci'][0], '.2f')}, {_f(d['ci'][1], '.2f')}]; share of resamples "
+                   f"with no advantage for DNA: {_f(d['p'], '.3f')} (paired bootstrap)")
+    out += noise_lines(truth)
+    pk = rep.get("partial_kendall")
+    if pk:
+        out.append(f"- partial τ of the DNA rating given params: {_ci(pk)}")
+        out.append("- τ of the DNA rating within parameter terciles: " + "; ".join(
+            f"{t['params'][0]:,.0f}-{t['params'][1]:,.0f} params (n = {t['n']}): "
+            f"{_f(t['kendall']['value'], '.2f')}" for t in rep.get("terciles", [])))
+    out.append("")
+    return out, {**rep, "sample": sample, "truth": truth, "spos": spos}
+
+
+def noise_lines(truth: np.ndarray) -> list[str]:
+    """How much of the stand-alone accuracy is the architecture and how much the seed: pooled
+    seed standard deviation, the spread of the architectures' means, and the reliability of the
+    mean of the seeds (Spearman-Brown from Pearson's r between two seeds)."""
+    full = truth[np.isfinite(truth).all(axis=1)]
+    if full.shape[1] < 2 or len(full) < 3:
+        return []
+    k = full.shape[1]
+    seed_sd = float(np.sqrt(full.var(axis=1, ddof=1).mean()))
+    arch_sd = float(full.mean(axis=1).std(ddof=1))
+    r1 = float(np.corrcoef(full[:, 0], full[:, 1])[0, 1])
+    rel = k * r1 / (1 + (k - 1) * r1)
+    return [f"- seed noise: the same architecture's top-1 differs between seeds by a pooled "
+            f"standard deviation of {seed_sd:.2f} points; the architectures' mean top-1 spread "
+            f"by {arch_sd:.2f} points (standard deviation over {len(full)}). Pearson's r "
+            f"between seeds {r1:.2f}, so the mean of {k} seeds has a reliability of {rel:.2f} "
+            f"(Spearman-Brown) and no predictor can reach a Pearson r above about "
+            f"{math.sqrt(max(rel, 0.0)):.2f} against it"]
+
+
+def spos_section(raw: Raw, rank: dict[str, Any] | None) -> list[str]:
+    s = raw.settings
+    if rank is None or not raw.spos:
+        return ["SPOS not scored yet.", ""]
+    spos = [v for v in rank["spos"] if math.isfinite(v)]
+    alone = np.nanmean(rank["truth"], axis=1)
+    return [
+        f"Sanity of the baseline: SPOS's supernet was trained {s['spos_epochs']} epochs with one "
+        "uniform path per step; each architecture's path, with BatchNorm recalibrated on "
+        f"{s['recal_batches']} train batches, reaches a mean val top-1 of {_mean(spos):.2f} % "
+        f"(range {min(spos):.2f}-{max(spos):.2f}), against {_mean(alone):.2f} % "
+        f"(range {alone.min():.2f}-{alone.max():.2f}) for the same architectures trained alone "
+        f"for {s['standalone_epochs']} epochs.",
+        "",
+    ]
+
+
+def block_section(raw: Raw) -> tuple[list[str], list[dict[str, Any]]]:
+    c = stats()
+    out = [
+        "Per block, candidates spread evenly over its cells (depths "
+        f"{', '.join(map(str, CELL_DEPTHS))}) were each trained alone for "
+        f"{raw.settings['block_epochs']} epochs on {raw.settings['block_images']:,} train images' "
+        "cached teacher features (MSE, the distillation trainer's optimizer and learning rate), "
+        "then scored like the supernet (nmae on the same held-out images). τ of the supernet's "
+        "score against the stand-alone loss (both lower = better):",
+        "",
+        "| block | n | Kendall τ [95 % CI] | Spearman rho [95 % CI] | within-depth τ | "
+        "supernet nmae by depth | stand-alone nmae by depth |",
+        "|---:|---:|---:|---:|---|---|---|",
+    ]
+    found = []
+    for b in sorted({int(r["block"]) for r in raw.blocks}):
+        rows = [r for r in raw.blocks if int(r["block"]) == b]
+        if len(rows) < 3:
+            continue
+        sup = np.array([float(raw.scores[(b, int(r["candidate"]))][raw.search["key"]])
+                        for r in rows])
+        alone = np.array([float(r["nmae"]) for r in rows])
+        depth = np.array([int(r["depth"]) for r in rows])
+        rep = c.analyse(sup, alone, lower_is_better=True, n_boot=2000, seed=0)
+        within = []
+        for d in sorted(set(depth)):
+            k = depth == d
+            if k.sum() >= 3:
+                w = c.analyse(sup[k], alone[k], lower_is_better=True, n_boot=200, seed=0)
+                within.append(f"{d}: {_f(w['predictors']['dnax']['kendall']['value'], '.2f')}")
+        by_sup = {int(d): float(sup[depth == d].mean()) for d in sorted(set(depth))}
+        by_alone = {int(d): float(alone[depth == d].mean()) for d in sorted(set(depth))}
+        found.append({"block": b, "n": len(rows), "rep": rep, "sup": by_sup, "alone": by_alone})
+        pk = rep["predictors"]["dnax"]
+        out.append(f"| {b} | {len(rows)} | {_ci(pk['kendall'])} | {_ci(pk['spearman'])} | "
+                   f"{'; '.join(within)} | "
+                   + ", ".join(f"{d}: {v:.3f}" for d, v in by_sup.items()) + " | "
+                   + ", ".join(f"{d}: {v:.3f}" for d, v in by_alone.items()) + " |")
+    out.append("")
+    if found:
+        agree = sum(min(f["sup"], key=f["sup"].get) == min(f["alone"], key=f["alone"].get)
+                    for f in found)
+        out += [f"The shallow-cell question: in {agree} of {len(found)} blocks the depth with the "
+                "lowest mean supernet score is also the depth whose candidates, trained alone, "
+                "reach the lowest mean loss. Depths (layers per cell) of the searched student: "
+                + ", ".join(str(raw.scores[(b, i)]["depth"]) for b, i in
+                            enumerate(raw.search["student"]["candidates"])) + ".", ""]
+    return out, found
+
+
+def budget_section(raw: Raw) -> tuple[list[str], dict[str, float]]:
+    s, st, t = raw.settings, raw.search["student"], raw.search["teacher"]
+    seeds = raw.seeds
+    out = [
+        f"Every network below is trained from scratch with the same recipe for "
+        f"{s['standalone_epochs']} epochs, seeds {', '.join(map(str, seeds))}. The student is "
+        f"the lowest summed block `{raw.search['key']}` with params ≤ the teacher's "
+        f"({raw.budget:,}); the random architectures are drawn uniformly from the space and "
+        "kept when under the same budget. (The teacher the blocks were distilled from was "
+        f"trained longer, {s['teacher_epochs']} epochs: {t['top1']:.2f} %.)",
+        "",
+        "| network | params | FLOPs (M) | " + " | ".join(f"top-1 seed {k} (%)" for k in seeds)
+        + " | mean (%) |",
+        "|---|---:|---:|" + "---:|" * (len(seeds) + 1),
+    ]
+    flops = {r["group"]: int(r["flops"]) for r in raw.runs if r["group"] in ("teacher", "student")}
+    means: dict[str, float] = {}
+
+    def row(name: str, params: float, fl: float, acc: Mapping[int, float]) -> float:
+        m = _mean([acc[k] for k in seeds if k in acc])
+        out.append(f"| {name} | {params:,.0f} | {fl / 1e6:.2f} | "
+                   + " | ".join(_f(acc.get(k), ".2f") for k in seeds) + f" | {_f(m, '.2f')} |")
+        return m
+
+    means["teacher"] = row("teacher", t["params"], flops.get("teacher", math.nan),
+                           raw.top1("teacher"))
+    means["student"] = row("searched student", st["params"], flops.get("student", math.nan),
+                           raw.top1("student"))
+    rand = []
+    for a in raw.archs:
+        if a["group"] == "random" and raw.top1("random", a["id"]):
+            rand.append(row(f"random {a['id']}", a["params"], a["flops"],
+                            raw.top1("random", a["id"])))
+    means["random"] = _mean(rand)
+    out += ["", f"Mean of the {len(rand)} random architectures: {_f(means['random'], '.2f')} %. "
+            "Student arch def: `" + json.dumps(st["arch_def"]) + "`", ""]
+    return out, means
+
+
+def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
+            means: Mapping[str, float]) -> list[str]:
+    """A plain reading, derived from the figures (thresholds from the issue, fixed in advance)."""
+    out = []
+    if rank is not None:
+        k = rank["predictors"]["dnax"]["kendall"]
+        nc = rank["noise_ceiling"]
+        out.append(f"- Ranking: DNA's τ is {_f(k['value'], '.2f')}; the goal was ≥ 0.5 with the "
+                   f"interval above 0. " + ("Its interval excludes 0. " if k["ci"][0] > 0 else
+                                           "Its interval includes 0. ")
+                   + ("The goal is met." if k["value"] >= 0.5 and k["ci"][0] > 0 else
+                      "The goal is not met."))
+        if nc:
+            out.append(f"- Ground truth: two seeds of the same architectures agree with τ = "
+                       f"{_f(nc['kendall'], '.2f')} "
+                       + ("(≥ 0.6: the truth is trustworthy at this training length)."
+                          if nc["kendall"] >= 0.6 else
+                          "(< 0.6: seed noise limits any predictor's τ at this training "
+                          "length)."))
+        if "difference" in rank:
+            d = rank["difference"]
+            out.append("- Against SPOS: " + ("DNA ranks better; the paired interval of the "
+                                              "difference is above 0." if d["ci"][0] > 0 else
+                                              "the paired interval of τ(DNA) - τ(SPOS) includes "
+                                              "0: no significant difference."))
+    if blocks:
+        taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in blocks]
+        out.append(f"- Block level: τ between the supernet's scores and stand-alone block losses "
+                   f"is {', '.join(_f(v, '.2f') for v in taus)} over blocks "
+                   f"{', '.join(str(f['block']) for f in blocks)}.")
+    if means:
+        out.append(f"- At the teacher's parameter count: student {_f(means['student'], '.2f')} %, "
+                   f"teacher {_f(means['teacher'], '.2f')} %, random architectures "
+                   f"{_f(means['random'], '.2f')} % (means over seeds).")
+    return [*out, ""]
+
+
+def render(exp: Experiment) -> str:
+    """RESULTS.md, from the raw files alone."""
+    raw = Raw(exp)
+    s = raw.settings
+    rank_lines, rank = ranking_section(raw)
+    block_lines, blocks = block_section(raw)
+    budget_lines, means = budget_section(raw)
     lim = s["limit"]
-    images = ("all images (54,000 train, 6,000 held out, 10,000 val)" if lim is None
-              else f"at most {lim:,} images per split (train, held-out, val)")
     out = [
         f"# DNA on Fashion-MNIST: results (scale `{s['scale']}`)",
         "",
         f"Generated by `python docs/reproduction/reproduce.py table --scale {s['scale']}` from "
         f"the raw files in `{_rel(exp.root)}/`; do not edit by hand.",
         "",
-        "## Ranking: supernet vs stand-alone accuracy",
+        "## Reading",
         "",
-        f"{len(archs)} architectures drawn uniformly from the search space (seed "
-        f"{spec['seed']}), each trained from scratch with one recipe for "
-        f"{_n(s['standalone_epochs'], 'epoch')}; stand-alone accuracy = val top-1 on Fashion-MNIST "
-        "t10k. Rank correlation of each predictor with it (1 = same order, 0 = unrelated, "
-        "-1 = reversed):",
+        *reading(rank, blocks, means),
+        "## Ranking: supernet rating against stand-alone accuracy",
         "",
-        "| predictor | n | Kendall tau | Spearman rho |",
-        "|---|---:|---:|---:|",
+        *rank_lines,
+        "## The SPOS baseline",
+        "",
+        *spos_section(raw, rank),
+        "## Block level: supernet scores against candidates trained alone",
+        "",
+        *block_lines,
+        "## Student, teacher and random architectures at the teacher's parameter count",
+        "",
+        *budget_lines,
+        "## Architectures",
+        "",
+        "| id | depths | params | FLOPs (M) | DNA rating | "
+        + " | ".join(f"seed {k} (%)" for k in raw.seeds) + " | SPOS (%) |",
+        "|---:|---|---:|---:|---:|" + "---:|" * (len(raw.seeds) + 1),
     ]
-    for name, subset, value in proxies:
-        x, y = [value(a) for a in subset], [acc[a["id"]] for a in subset]
-        out.append(f"| {name} | {len(x)} | {_f(kendall(x, y))} | {_f(spearman(x, y))} |")
-    ratings = [a["rating"] for a in spec["archs"]]
-    out += [
-        "",
-        "## Searched student vs teacher",
-        "",
-        f"The student is the network with the lowest summed block `{search['key']}` whose "
-        f"parameter count is at most the teacher's ({search['budgets'].get('params', 0):,.0f})"
-        f"; its DNA rating is {st['rating']:.4f} (sampled architectures: "
-        f"{min(ratings):.4f} to {max(ratings):.4f}). Student and teacher are trained from "
-        f"scratch with the same recipe for {_n(s['teacher_epochs'], 'epoch')}.",
-        "",
-        "| network | val top-1 (%) | params | FLOPs (M) |",
-        "|---|---:|---:|---:|",
-        f"| teacher | {_f(t['top1'], '.2f')} | {t['params']:,.0f} | {t['flops'] / 1e6:.2f} |",
-        f"| searched student | {_f(st['top1'], '.2f')} | {st['params']:,.0f} | "
-        f"{st['flops'] / 1e6:.2f} |",
-        "",
-        "Student arch def: `" + json.dumps(st["arch_def"]) + "`",
-        "",
-        "## Sampled architectures",
-        "",
-        "| id | params | FLOPs (M) | DNA rating | stand-alone top-1 (%) | SPOS top-1 (%) |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for a in archs:
-        sp = float(spos[a["id"]]["top1"]) if a["id"] in spos else None
-        out.append(f"| {a['id']} | {a['params']:,.0f} | {a['flops'] / 1e6:.2f} | "
-                   f"{a['rating']:.4f} | {acc[a['id']]:.2f} | {_f(sp, '.2f')} |")
+    for a in raw.archs:
+        if a["group"] != "sample":
+            continue
+        acc = raw.top1("sample", a["id"])
+        out.append(f"| {a['id']} | {'-'.join(map(str, a['depths']))} | {a['params']:,} | "
+                   f"{a['flops'] / 1e6:.2f} | {a['rating']:.4f} | "
+                   + " | ".join(_f(acc.get(k), ".2f") for k in raw.seeds)
+                   + f" | {_f(raw.spos.get(a['id']), '.2f')} |")
+    images = ("all images (54,000 train, 6,000 held out, 10,000 val)" if lim is None
+              else f"at most {lim:,} images per split (train, held-out, val)")
     out += [
         "",
         "## Settings",
         "",
-        f"- seed {s['seed']} everywhere (data split and subsets, teacher, supernet paths, "
-        "retraining, stand-alone runs, SPOS); architectures drawn with numpy "
-        f"`default_rng([{s['seed']}, 8])`",
-        f"- {images}, 32 px, batch {s['batch_size']}",
-        f"- teacher and searched student: {_n(s['teacher_epochs'], 'epoch')}; block "
-        f"supernets: {_n(s['distill_epochs'], 'epoch')}; ranking: {s['rank_batches']} x 64 "
-        "held-out images",
-        f"- stand-alone runs: {_n(s['standalone_epochs'], 'epoch')} each; SPOS supernet: "
-        f"{_n(s['spos_epochs'], 'epoch')} (DNA trains one path of every cell of a block per step, "
-        "SPOS one path of one cell: with as many epochs times cells per block, every op gets as "
-        f"many updates in both), BatchNorm recalibrated on {s['recal_batches']} train batches "
-        "per path",
+        f"- Fashion-MNIST at its native {s['resolution']} px, {images}, batch {s['batch_size']}",
+        f"- teacher (the blocks' targets): {s['teacher_epochs']} epochs; block supernets: "
+        f"{s['distill_epochs']} epochs; ranking: {s['rank_batches']} x 64 held-out images",
+        f"- every network trained from scratch: {s['standalone_epochs']} epochs, AdamW lr {LR}, "
+        f"wd {WEIGHT_DECAY}, cosine, {WARMUP} warm-up epoch, label smoothing {LABEL_SMOOTHING}",
+        f"- SPOS supernet: {s['spos_epochs']} epochs, BatchNorm recalibrated on "
+        f"{s['recal_batches']} train batches per path",
+        f"- seeds: data split and samples {s['seed']}; training seeds "
+        f"{', '.join(map(str, raw.seeds))}",
         "",
         "## Wall time",
         "",
         "| step | wall time | sessions | finished (UTC) |",
         "|---|---:|---:|---|",
     ]
-    total = 0.0
-    for name in STEPS[:-1]:
-        r = steps.get(name, {})
-        total += r.get("seconds", 0.0)
+    for name in (*STEPS[:-1], "all"):
+        r = raw.steps.get(name, {})
         out.append(f"| {name} | {_hms(r.get('seconds', 0.0))} | {r.get('sessions', 0)} | "
                    f"{r.get('finished') or 'unfinished'} |")
-    out.append(f"| all | {_hms(total)} | | |")
-    stages = search.get("stages", {})
+    core = sum(float(r["seconds"]) for r in raw.runs)
+    out += ["", f"Stand-alone runs: {len(raw.runs)}, {_hms(core)} of process time in all "
+            "(they run in parallel worker processes, so the steps' wall times overlap)."]
+    stages = raw.search.get("stages", {})
     if stages:
         out += ["", "dnax stages within `search`: " + ", ".join(
             f"{k} {_hms(v['seconds'])}" for k, v in stages.items() if not v.get("skipped"))]
-    m = next((steps[n]["machine"] for n in STEPS[:-1] if n in steps), {})
+    m = next((raw.steps[n]["machine"] for n in STEPS[:-1] if n in raw.steps), {})
     out += [
         "",
         "## Machine",
@@ -746,8 +1303,18 @@ def step_table(exp: Experiment, out: Path) -> None:
 
 # --- main -------------------------------------------------------------------------------------
 
-RUNNERS = {"search": step_search, "sample": step_sample, "standalone": step_standalone,
-           "spos": step_spos}
+RUNNERS = {"sample": step_sample, "search": step_search, "blocks": step_blocks,
+           "spos": step_spos, "standalone": step_standalone}
+
+
+def spawn_workers(exp: Experiment, args: argparse.Namespace, count: int) -> list[Any]:
+    """``count`` more processes that train stand-alone runs while this one runs the search."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "pool", "--scale", exp.scale_name,
+           "--results", str(exp.root), "--seed", str(exp.seed), "--device", exp.device,
+           "--threads", str(exp.threads or 0)]
+    if exp.deadline is not None:
+        cmd += ["--until", str(exp.deadline)]
+    return [subprocess.Popen([*cmd, "--worker", str(k + 1)]) for k in range(count)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -756,40 +1323,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("steps", nargs="*", metavar="STEP",
                    help=f"steps to run: {', '.join(STEPS)} (default: all, in order)")
     p.add_argument("--scale", choices=list(SCALES), default="cpu",
-                   help="smoke: a minute; cpu (default): about an hour on 2 CPU cores; full: GPU")
+                   help="smoke: a minute; cpu (default): under 2 hours on 2 CPU cores; gpu: "
+                        "under 5 minutes on one GPU")
     p.add_argument("--results", type=Path, default=None,
                    help="results folder (default: docs/reproduction/results/<scale>)")
     p.add_argument("--table", type=Path, default=None,
                    help="table file (default: <results>/RESULTS.md for smoke, "
-                        "docs/reproduction/RESULTS.md otherwise)")
+                        "docs/reproduction/RESULTS.md for cpu, <results>/RESULTS.md for gpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 "
-                   "for smoke and cpu, which is fastest on shared cores; torch's for full)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process "
+                   "(default: 1 for smoke and cpu, the fastest on shared cores; torch's for gpu)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes training stand-alone networks (default: the scale's)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="deadline from now: no new unit of work starts after it (default: the "
+                        "scale's; 0 = none)")
+    p.add_argument("--until", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    unknown = [s for s in args.steps if s not in STEPS]
+    unknown = [s for s in args.steps if s not in (*STEPS, "pool")]
     if unknown:
         p.error(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)})")
+    scale = SCALES[args.scale]
     results = args.results or HERE / "results" / args.scale
-    threads = args.threads if args.threads is not None else 0 if args.scale == "full" else 1
+    threads = args.threads if args.threads is not None else 0 if args.scale == "gpu" else 1
     if threads:
         torch.set_num_threads(threads)
-    exp = Experiment(results, args.scale, args.seed, args.device, threads)
+    minutes = scale.minutes if args.minutes is None else args.minutes or None
+    deadline = args.until or (time.time() + 60 * minutes if minutes else None)
+    exp = Experiment(results, args.scale, args.seed, args.device, threads, deadline)
+    if args.steps == ["pool"]:  # a worker process (spawned below)
+        pool(exp, {"cut": False}, f"pool {args.worker}")
+        return 0
     todo = [s for s in STEPS if s in (args.steps or STEPS)]
     exp.check_settings(write=todo != ["table"])
-    for step in todo:
-        if step == "table":
-            table = args.table or (results / "RESULTS.md" if args.scale == "smoke"
-                                   else HERE / "RESULTS.md")
-            step_table(exp, table)
-        elif exp.finished(step):
-            say(step, "finished earlier, skipped")
-        else:
+    workers: list[Any] = []
+    t0, complete = time.perf_counter(), True
+    try:
+        for step in todo:
+            if step == "table":
+                default = HERE / "RESULTS.md" if args.scale == "cpu" else results / "RESULTS.md"
+                step_table(exp, args.table or default)
+                continue
+            if exp.finished(step):
+                say(step, "finished earlier, skipped")
+                continue
             ensure_data()
-            t0 = time.perf_counter()
-            with exp.timed(step):
-                RUNNERS[step](exp)
-            say(step, f"done ({time.perf_counter() - t0:.0f} s)")
+            t1 = time.perf_counter()
+            with exp.timed(step) as state:
+                state["workers"] = workers
+                RUNNERS[step](exp, state)
+            complete &= not state["cut"]
+            say(step, f"{'cut by the deadline' if state['cut'] else 'done'} "
+                      f"({time.perf_counter() - t1:.0f} s)")
+            if step == "sample" and "standalone" in todo and not exp.finished("standalone"):
+                workers += spawn_workers(exp, args, (args.workers or scale.workers) - 1)
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    if len(todo) > 1 and todo[:-1] == list(STEPS[:len(todo) - 1]):  # a whole run: its wall time
+        steps = exp.steps()
+        record = steps.get("all", {"seconds": 0.0, "sessions": 0})
+        record["seconds"] = round(record["seconds"] + time.perf_counter() - t0, 1)
+        record["sessions"] += 1
+        if complete and all(exp.finished(s) for s in STEPS[:-1]):
+            record["finished"] = now()
+        steps["all"] = record
+        write_json(exp.files["steps.json"], steps)
     return 0
 
 
