@@ -162,6 +162,19 @@ def test_smoke_writes_every_raw_file(smoke):
             assert float(scores[(b, i)]["nmae"]) == pytest.approx(
                 float(rankings[b].scores["nmae"][i]), rel=1e-5)
 
+    # the longer supernets: the same teacher (reused stage), 3x the epochs, new scores
+    import tomllib
+
+    longer = dnax.load_run(results / "run-longer")
+    assert longer.results["teacher"].metrics == run.results["teacher"].metrics
+    assert longer.results["teacher"].weights == run.results["teacher"].weights
+    toml = tomllib.loads((results / "pipeline-longer.toml").read_text())
+    assert toml["trainer"]["epochs"] == repro.LONGER * s.distill_epochs
+    rescored = {(int(r["block"]), int(r["candidate"])): r
+                for r in _csv(results / "scores-longer.csv")}
+    assert rescored.keys() == scores.keys()
+    assert any(rescored[k]["nmae"] != scores[k]["nmae"] for k in scores)
+
     runs = _csv(results / "standalone.csv")
     names = [r["name"] for r in runs]
     assert len(names) == len(set(names))  # two processes, no run twice

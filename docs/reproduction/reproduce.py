@@ -9,6 +9,8 @@ Steps; each finished step is skipped, so rerunning the command resumes:
               -> search.json, scores.csv
   blocks      per block, candidates across cells trained alone against cached teacher features,
               scored like the supernet -> blocks.csv
+  longer      the block supernets trained 3x as long (the same teacher), every candidate scored
+              again -> scores-longer.csv
   spos        SPOS baseline: one whole-network supernet, uniform single paths, cross-entropy;
               every architecture's path after BatchNorm recalibration -> spos.csv
   standalone  every architecture trained from scratch with one recipe, 2 seeds; also the teacher,
@@ -52,7 +54,9 @@ import dnax
 from dnax.rundir import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("sample", "search", "blocks", "spos", "standalone", "table")
+STEPS = ("sample", "search", "blocks", "longer", "spos", "standalone", "table")
+#: the ``longer`` step trains the block supernets this many times as long as ``search`` does
+LONGER = 3
 #: Fashion-MNIST's own size: no resizing
 RESOLUTION = 28
 
@@ -181,7 +185,7 @@ class Experiment:
     """The results folder of one scale: settings, raw files, each step's wall time, deadline."""
 
     RAW = ("settings.json", "steps.json", "archs.json", "search.json", "scores.csv",
-           "blocks.csv", "spos.csv", "standalone.csv")
+           "blocks.csv", "scores-longer.csv", "spos.csv", "standalone.csv")
 
     def __init__(self, root: Path, scale: str, seed: int = 0, device: str = "auto",
                  threads: int = 0, deadline: float | None = None):
@@ -452,19 +456,24 @@ def step_sample(exp: Experiment, state: dict[str, Any]) -> None:
 SCORES = ("block", "candidate", "cell", "depth", "ops", "nmae", "nmse", "mse")
 
 
-def step_search(exp: Experiment, state: dict[str, Any]) -> None:
-    configured(exp)  # writes pipeline.toml
-    say("search", f"teacher: {teacher_params():,} params; pipeline {exp.pipeline_toml}")
-    run = dnax.run_pipeline(exp.pipeline_toml, exp.run_dir, registry=registry("search"))
-    t, sel = run.results["teacher"], run.selection
-    student = run.results["retrain"].metrics
+def write_scores(run: dnax.Run, path: Path) -> None:
+    """Every candidate's scores, one row each."""
     rows = []
     for r in run.rankings():
         for i, c in enumerate(r.candidates):
             rows.append({"block": r.block, "candidate": i, "cell": c.cell, "depth": len(c.ops),
                          "ops": " ".join(map(str, c.ops)),
                          **{m: f"{float(r.scores[m][i]):.6g}" for m in SCORES[5:]}})
-    write_csv(exp.files["scores.csv"], rows, SCORES)
+    write_csv(path, rows, SCORES)
+
+
+def step_search(exp: Experiment, state: dict[str, Any]) -> None:
+    configured(exp)  # writes pipeline.toml
+    say("search", f"teacher: {teacher_params():,} params; pipeline {exp.pipeline_toml}")
+    run = dnax.run_pipeline(exp.pipeline_toml, exp.run_dir, registry=registry("search"))
+    t, sel = run.results["teacher"], run.selection
+    student = run.results["retrain"].metrics
+    write_scores(run, exp.files["scores.csv"])
     write_json(exp.files["search.json"], {
         "teacher": {"top1": t.metrics["top1"], "params": t.metrics["params"],
                     "epochs": t.metrics.get("epochs"), "arch_def": TEACHER_ARCH},
@@ -613,6 +622,31 @@ def step_blocks(exp: Experiment, state: dict[str, Any]) -> None:
         write_csv(exp.files["blocks.csv"], rows, BLOCKS)
         say("blocks", f"{len(rows)}/{len(picks)}: block {b} candidate {i} (depth "
                       f"{len(cand.ops)}): nmae {row['nmae']} ({row['seconds']} s)")
+
+
+# --- step: longer -----------------------------------------------------------------------------
+
+def step_longer(exp: Experiment, state: dict[str, Any]) -> None:
+    """The search's pipeline with LONGER x the distillation epochs, run up to the rank stage in
+    a copy of the search's run folder: its teacher stage is reused (same config), the block
+    supernets are trained and every candidate scored again."""
+    import shutil
+
+    import tomli_w
+
+    folder = exp.root / "run-longer"
+    if not (folder / "stages" / "teacher.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(exp.run_dir, folder, ignore=shutil.ignore_patterns(
+            "supernets", "rankings", "model", "selection*"))
+    config = pipeline(exp)
+    config["trainer"]["epochs"] = LONGER * exp.scale.distill_epochs
+    toml = exp.root / "pipeline-longer.toml"
+    atomic_write_text(toml, tomli_w.dumps(config))
+    run = dnax.run_pipeline(toml, folder, registry=registry("longer"), until="rank")
+    if run.results["teacher"].metrics != dnax.load_run(exp.run_dir).results["teacher"].metrics:
+        raise SystemExit(f"{folder}: its teacher is not the search's")
+    write_scores(run, exp.files["scores-longer.csv"])
 
 
 # --- step: spos -------------------------------------------------------------------------------
@@ -970,6 +1004,8 @@ class Raw:
         self.archs = spec["archs"]
         self.budget = spec["budget"]["params"]
         self.scores = {(int(r["block"]), int(r["candidate"])): r for r in read_csv(f["scores.csv"])}
+        self.longer = {(int(r["block"]), int(r["candidate"])): r
+                       for r in read_csv(f["scores-longer.csv"])}
         self.blocks = read_csv(f["blocks.csv"])
         self.spos = {int(r["id"]): float(r["top1"]) for r in read_csv(f["spos.csv"])}
         self.runs = read_csv(f["standalone.csv"])
@@ -981,8 +1017,12 @@ class Raw:
                 if r is None or (int(r["cell"]), r["ops"]) != (cell, " ".join(map(str, ops))):
                     raise SystemExit(f"{f['archs.json']}: arch {a['id']} block {b} candidate "
                                      f"{i} is not the one scores.csv lists")
-            a["rating"] = sum(float(self.scores[(b, i)][self.search["key"]])
-                              for b, i in enumerate(a["candidates"]))
+            a["rating"] = self.rating(self.scores, a["candidates"])
+            a["rating_longer"] = self.rating(self.longer, a["candidates"])
+
+    def rating(self, scores: Mapping[tuple[int, int], Any], candidates: Sequence[int]) -> float:
+        """An architecture's DNA rating: the sum of its blocks' scores."""
+        return sum(float(scores[(b, i)][self.search["key"]]) for b, i in enumerate(candidates))
 
     def top1(self, group: str, id: int | None = None) -> dict[int, float]:
         """Stand-alone val top-1 by seed."""
@@ -1019,6 +1059,13 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
     names = {"dnax": "DNA rating (summed block nmae, lower = better)",
              "SPOS": "SPOS path top-1 (one supernet, BN recalibrated)",
              "params": "params (more = better; trivial baseline)"}
+    longer = c.association([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1),
+                           n_boot=2000, seed=0)
+    longer.update(c.regret([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1)))
+    p = {"dnax": p["dnax"], "longer": longer, **{k: v for k, v in p.items() if k != "dnax"}}
+    names = {"dnax": names["dnax"],
+             "longer": f"DNA rating, block supernets trained {LONGER}x as long",
+             **{k: v for k, v in names.items() if k != "dnax"}}
     for k, name in names.items():
         if k in p:
             out.append(f"| {name} | {_ci(p[k]['kendall'])} | {_ci(p[k]['spearman'])} | "
@@ -1091,43 +1138,50 @@ def block_section(raw: Raw) -> tuple[list[str], list[dict[str, Any]]]:
         "then scored like the supernet (nmae on the same held-out images). τ of the supernet's "
         "score against the stand-alone loss (both lower = better):",
         "",
-        "| block | n | Kendall τ [95 % CI] | Spearman rho [95 % CI] | within-depth τ | "
-        "supernet nmae by depth | stand-alone nmae by depth |",
-        "|---:|---:|---:|---:|---|---|---|",
+        "| block | supernets | n | Kendall τ [95 % CI] | Spearman rho [95 % CI] | "
+        "within-depth τ | supernet nmae by depth | stand-alone nmae by depth |",
+        "|---:|---|---:|---:|---:|---|---|---|",
     ]
     found = []
+    epochs = raw.settings["distill_epochs"]
     for b in sorted({int(r["block"]) for r in raw.blocks}):
         rows = [r for r in raw.blocks if int(r["block"]) == b]
         if len(rows) < 3:
             continue
-        sup = np.array([float(raw.scores[(b, int(r["candidate"]))][raw.search["key"]])
-                        for r in rows])
         alone = np.array([float(r["nmae"]) for r in rows])
         depth = np.array([int(r["depth"]) for r in rows])
-        rep = c.analyse(sup, alone, lower_is_better=True, n_boot=2000, seed=0)
-        within = []
-        for d in sorted(set(depth)):
-            k = depth == d
-            if k.sum() >= 3:
-                w = c.analyse(sup[k], alone[k], lower_is_better=True, n_boot=200, seed=0)
-                within.append(f"{d}: {_f(w['predictors']['dnax']['kendall']['value'], '.2f')}")
-        by_sup = {int(d): float(sup[depth == d].mean()) for d in sorted(set(depth))}
-        by_alone = {int(d): float(alone[depth == d].mean()) for d in sorted(set(depth))}
-        found.append({"block": b, "n": len(rows), "rep": rep, "sup": by_sup, "alone": by_alone})
-        pk = rep["predictors"]["dnax"]
-        out.append(f"| {b} | {len(rows)} | {_ci(pk['kendall'])} | {_ci(pk['spearman'])} | "
-                   f"{'; '.join(within)} | "
-                   + ", ".join(f"{d}: {v:.3f}" for d, v in by_sup.items()) + " | "
-                   + ", ".join(f"{d}: {v:.3f}" for d, v in by_alone.items()) + " |")
+        for label, scores in ((f"{epochs} epochs", raw.scores),
+                              (f"{LONGER * epochs} epochs", raw.longer)):
+            sup = np.array([float(scores[(b, int(r["candidate"]))][raw.search["key"]])
+                            for r in rows])
+            rep = c.analyse(sup, alone, lower_is_better=True, n_boot=2000, seed=0)
+            within = []
+            for d in sorted(set(depth)):
+                k = depth == d
+                if k.sum() >= 3:
+                    w = c.analyse(sup[k], alone[k], lower_is_better=True, n_boot=200, seed=0)
+                    within.append(f"{d}: {_f(w['predictors']['dnax']['kendall']['value'], '.2f')}")
+            by_sup = {int(d): float(sup[depth == d].mean()) for d in sorted(set(depth))}
+            by_alone = {int(d): float(alone[depth == d].mean()) for d in sorted(set(depth))}
+            found.append({"block": b, "label": label, "n": len(rows), "rep": rep, "sup": by_sup,
+                          "alone": by_alone})
+            pk = rep["predictors"]["dnax"]
+            out.append(f"| {b} | {label} | {len(rows)} | {_ci(pk['kendall'])} | "
+                       f"{_ci(pk['spearman'])} | {'; '.join(within)} | "
+                       + ", ".join(f"{d}: {v:.3f}" for d, v in by_sup.items()) + " | "
+                       + ", ".join(f"{d}: {v:.3f}" for d, v in by_alone.items()) + " |")
     out.append("")
-    if found:
+    for label in dict.fromkeys(f["label"] for f in found):
+        group = [f for f in found if f["label"] == label]
         agree = sum(min(f["sup"], key=f["sup"].get) == min(f["alone"], key=f["alone"].get)
-                    for f in found)
-        out += [f"The shallow-cell question: in {agree} of {len(found)} blocks the depth with the "
-                "lowest mean supernet score is also the depth whose candidates, trained alone, "
-                "reach the lowest mean loss. Depths (layers per cell) of the searched student: "
+                    for f in group)
+        out.append(f"- supernets trained {label}: in {agree} of {len(group)} blocks the depth "
+                   "with the lowest mean supernet score is also the depth whose candidates, "
+                   "trained alone, reach the lowest mean loss")
+    if found:
+        out += ["- depths (layers per cell) of the searched student: "
                 + ", ".join(str(raw.scores[(b, i)]["depth"]) for b, i in
-                            enumerate(raw.search["student"]["candidates"])) + ".", ""]
+                            enumerate(raw.search["student"]["candidates"])), ""]
     return out, found
 
 
@@ -1195,11 +1249,12 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
                                               "difference is above 0." if d["ci"][0] > 0 else
                                               "the paired interval of τ(DNA) - τ(SPOS) includes "
                                               "0: no significant difference."))
-    if blocks:
-        taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in blocks]
-        out.append(f"- Block level: τ between the supernet's scores and stand-alone block losses "
-                   f"is {', '.join(_f(v, '.2f') for v in taus)} over blocks "
-                   f"{', '.join(str(f['block']) for f in blocks)}.")
+    for label in dict.fromkeys(f["label"] for f in blocks):
+        group = [f for f in blocks if f["label"] == label]
+        taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in group]
+        out.append(f"- Block level, supernets trained {label}: τ between the supernet's scores "
+                   f"and stand-alone block losses is {', '.join(_f(v, '.2f') for v in taus)} "
+                   f"over blocks {', '.join(str(f['block']) for f in group)}.")
     if means:
         out.append(f"- At the teacher's parameter count: student {_f(means['student'], '.2f')} %, "
                    f"teacher {_f(means['teacher'], '.2f')} %, random architectures "
@@ -1304,7 +1359,7 @@ def step_table(exp: Experiment, out: Path) -> None:
 # --- main -------------------------------------------------------------------------------------
 
 RUNNERS = {"sample": step_sample, "search": step_search, "blocks": step_blocks,
-           "spos": step_spos, "standalone": step_standalone}
+           "longer": step_longer, "spos": step_spos, "standalone": step_standalone}
 
 
 def spawn_workers(exp: Experiment, args: argparse.Namespace, count: int) -> list[Any]:
