@@ -223,6 +223,11 @@ def test_table_figures_match_scipy_on_the_raw_files(smoke):
 
     tau = stats.kendalltau([-r for r in rating], truth).statistic
     assert first(row("DNA rating")) == pytest.approx(tau, abs=0.006)
+    longer = {(int(r["block"]), int(r["candidate"])): float(r["nmae"])
+              for r in _csv(results / "scores-longer.csv")}
+    rating2 = [sum(longer[(b, i)] for b, i in enumerate(a["candidates"])) for a in sample]
+    tau2 = stats.kendalltau([-r for r in rating2], truth).statistic
+    assert first(row("DNA rating, block supernets")) == pytest.approx(tau2, abs=0.006)
     tau_spos = stats.kendalltau([spos[a["id"]] for a in sample], truth).statistic
     assert first(row("SPOS path top-1")) == pytest.approx(tau_spos, abs=0.006)
     listed = table.split("## Architectures")[1].splitlines()

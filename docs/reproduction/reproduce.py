@@ -1076,10 +1076,18 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
                    f"{_f(nc['ci'][1], '.2f')}] (n = {nc['n']}) | | |")
     out.append("")
     if "difference" in rep:
-        d = rep["difference"]
-        out.append(f"- τ(DNA) - τ(SPOS) = {_f(d['kendall'], '.2f')}, 95 % CI "
-                   f"[{_f(d['ci'][0], '.2f')}, {_f(d['ci'][1], '.2f')}]; share of resamples "
-                   f"with no advantage for DNA: {_f(d['p'], '.3f')} (paired bootstrap)")
+        mean = np.nanmean(truth, axis=1)
+        idx = c.resamples(len(sample), 2000, 0)  # the resamples analyse drew
+        g2, vs = -np.array([a["rating_longer"] for a in sample]), np.array(spos)
+        diff = c.kendall_rows(g2[idx], mean[idx]) - c.kendall_rows(vs[idx], mean[idx])
+        rep["difference_longer"] = {
+            "kendall": longer["kendall"]["value"] - p["SPOS"]["kendall"]["value"],
+            "ci": c.interval(diff, 0.95), "p": float((diff[np.isfinite(diff)] <= 0).mean())}
+        for label, d in (("DNA", rep["difference"]),
+                         (f"DNA, {LONGER}x longer supernets", rep["difference_longer"])):
+            out.append(f"- τ({label}) - τ(SPOS) = {_f(d['kendall'], '.2f')}, 95 % CI "
+                       f"[{_f(d['ci'][0], '.2f')}, {_f(d['ci'][1], '.2f')}]; share of resamples "
+                       f"with no advantage over SPOS: {_f(d['p'], '.3f')} (paired bootstrap)")
     out += noise_lines(truth)
     pk = rep.get("partial_kendall")
     if pk:
@@ -1088,7 +1096,7 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
             f"{t['params'][0]:,.0f}-{t['params'][1]:,.0f} params (n = {t['n']}): "
             f"{_f(t['kendall']['value'], '.2f')}" for t in rep.get("terciles", [])))
     out.append("")
-    return out, {**rep, "sample": sample, "truth": truth, "spos": spos}
+    return out, {**rep, "sample": sample, "truth": truth, "spos": spos, "longer": longer}
 
 
 def noise_lines(truth: np.ndarray) -> list[str]:
@@ -1249,6 +1257,15 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
                                               "difference is above 0." if d["ci"][0] > 0 else
                                               "the paired interval of τ(DNA) - τ(SPOS) includes "
                                               "0: no significant difference."))
+        k2 = rank["longer"]["kendall"]
+        out.append(f"- With the block supernets trained {LONGER}x as long (same teacher, same "
+                   f"truth): DNA's τ is {_f(k2['value'], '.2f')} [{_f(k2['ci'][0], '.2f')}, "
+                   f"{_f(k2['ci'][1], '.2f')}]"
+                   + ("; its interval excludes 0" if k2["ci"][0] > 0 else "")
+                   + (f"; against SPOS the paired interval is "
+                      f"[{_f(rank['difference_longer']['ci'][0], '.2f')}, "
+                      f"{_f(rank['difference_longer']['ci'][1], '.2f')}]"
+                      if "difference_longer" in rank else "") + ".")
     for label in dict.fromkeys(f["label"] for f in blocks):
         group = [f for f in blocks if f["label"] == label]
         taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in group]
