@@ -238,6 +238,12 @@ def test_table_figures_match_scipy_on_the_raw_files(smoke):
                  if r["id"] == str(a["id"]) and r["seed"] == k] for k in ("0", "1")}
     ceiling = stats.kendalltau(seeds["0"], seeds["1"]).statistic
     assert f"| {ceiling:.2f} [" in row("noise ceiling")
+    # seed noise by hand: two seeds, so each architecture's variance is (a - b)^2 / 2
+    a, b = np.array(seeds["0"]), np.array(seeds["1"])
+    pooled = np.sqrt(np.mean((a - b) ** 2 / 2))
+    noise = next(line for line in table.splitlines() if line.startswith("- seed noise"))
+    assert f"standard deviation of {pooled:.2f} points" in noise
+    assert f"between seeds {stats.pearsonr(a, b).statistic:.2f}" in noise
 
 
 @needs_fashion

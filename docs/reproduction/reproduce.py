@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import dnax
+from dnax.plugins.toolkit.training import network_flops, num_params
 from dnax.rundir import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -322,7 +323,7 @@ def teacher_params() -> int:
 
     cfg = EfficientNetConfig(arch_def=TEACHER_ARCH, stem_size=STEM_SIZE,
                              num_features=NUM_FEATURES)
-    return sum(p.numel() for p in EfficientNetTeacher(cfg).build_model(10).parameters())
+    return num_params(EfficientNetTeacher(cfg).build_model(10))
 
 
 def retrain_recipe(exp: Experiment) -> dict[str, Any]:
@@ -369,15 +370,6 @@ def space_blocks(plugins: dnax.Plugins) -> tuple[dnax.BlockSpec, ...]:
     return plugins.teacher.blocks(RESOLUTION)
 
 
-def count_flops(model: nn.Module) -> int:
-    """FLOPs of one 28 px image (torch's flop counter: 2 per multiply-add, as dnax counts)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.eval()(torch.zeros(1, 3, RESOLUTION, RESOLUTION))
-    return int(counter.get_total_flops())
-
-
 # --- step: sample -----------------------------------------------------------------------------
 
 def candidate_index(space: dnax.SearchSpace, spec: dnax.BlockSpec) -> dict[tuple, int]:
@@ -407,7 +399,7 @@ def network(space: dnax.SearchSpace, blocks: Sequence[dnax.BlockSpec], index: Se
     return {"candidates": [idx[p] for idx, p in zip(index, picks, strict=True)],
             "cells": [c.cell for c in chosen], "depths": [len(c.ops) for c in chosen],
             "ops": [list(c.ops) for c in chosen], "arch_def": arch_def,
-            "params": sum(p.numel() for p in model.parameters()), "flops": count_flops(model)}
+            "params": num_params(model), "flops": network_flops(model, RESOLUTION)}
 
 
 def step_sample(exp: Experiment, state: dict[str, Any]) -> None:
@@ -552,13 +544,14 @@ def nmae(student: torch.Tensor, teacher: torch.Tensor) -> float:
 
 
 def train_block(cell: nn.Module, ops: Sequence[int], x: torch.Tensor, y: torch.Tensor,
-                epochs: int, batch_size: int, lr: float, decay: float, seed: int) -> float:
-    """Train one candidate alone (MSE to the teacher's block output, Adam, lr x decay per epoch
-    as the distill trainer); the last epoch's mean train MSE."""
+                epochs: int, batch_size: int, lr: float, trainer: Any, seed: int) -> float:
+    """Train one candidate alone (MSE to the teacher's block output; Adam with the distill
+    trainer's eps and weight decay, here on every parameter; lr x its decay per epoch); the
+    last epoch's mean train MSE."""
     g = torch.Generator().manual_seed(seed)
     params = [p for p in cell.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, decay)
+    opt = torch.optim.Adam(params, lr=lr, eps=trainer.opt_eps, weight_decay=trainer.weight_decay)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, trainer.lr_decay)
     cell.train()
     last = math.nan
     for _ in range(epochs):
@@ -609,7 +602,7 @@ def step_blocks(exp: Experiment, state: dict[str, Any]) -> None:
         torch.manual_seed(exp.seed * 1_000 + k)
         cell = space.build_supernet(spec).cells[cand.cell].to(ctx.device)
         train_mse = train_block(cell, cand.ops, train[b], train[b + 1], s.block_epochs,
-                                s.batch_size, lrs[b], trainer.lr_decay, exp.seed * 1_000 + k)
+                                s.batch_size, lrs[b], trainer, exp.seed * 1_000 + k)
         cell.eval()
         with torch.no_grad():
             out = torch.cat([cell(x, cand.ops) for x in score[b].split(256)])
@@ -1142,7 +1135,8 @@ def block_section(raw: Raw) -> tuple[list[str], list[dict[str, Any]]]:
         "Per block, candidates spread evenly over its cells (depths "
         f"{', '.join(map(str, CELL_DEPTHS))}) were each trained alone for "
         f"{raw.settings['block_epochs']} epochs on {raw.settings['block_images']:,} train images' "
-        "cached teacher features (MSE, the distillation trainer's optimizer and learning rate), "
+        "cached teacher features (MSE; Adam with the distillation trainer's learning rate, "
+        "decay and weight decay), "
         "then scored like the supernet (nmae on the same held-out images). τ of the supernet's "
         "score against the stand-alone loss (both lower = better):",
         "",
