@@ -35,6 +35,7 @@ from .interfaces import (
     Supernet,
     SupernetCell,
     Teacher,
+    supernet_shape,
 )
 from .rundir import FORMAT_VERSION, RunDir, atomic_write, load_safetensors
 from .types import (
@@ -116,4 +117,5 @@ __all__ = [
     "positive",
     "run_pipeline",
     "stage_context",
+    "supernet_shape",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from attrs import frozen
 
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 Split = Literal["train", "heldout", "val"]
 
 
-@runtime_checkable
 class SupernetCell(Protocol):
     """One cell of a block supernet: ``enter`` (teacher width to the cell's), ``layers[j][o]``
     (op ``o`` of layer ``j``) and ``exit`` (back to the teacher's width)."""
@@ -61,15 +60,42 @@ class SupernetCell(Protocol):
     exit: torch.nn.Module
 
 
-@runtime_checkable
 class Supernet(Protocol):
     """A block supernet: its ``cells``, and ``forward(x, cell, ops)`` running one path. The
     built-in evaluator's prefix-shared tree walk relies on exactly this shape; the toolkit
-    (its ``supernet`` module) has base classes that meet it."""
+    (its ``supernet`` module) has base classes that meet it. Check an object at run time with
+    :func:`supernet_shape`, not ``isinstance``."""
 
     cells: Sequence[SupernetCell]
 
     def __call__(self, x: torch.Tensor, cell: int, ops: Sequence[int]) -> torch.Tensor: ...
+
+
+def supernet_shape(net: object) -> tuple[tuple[int, ...], ...] | None:
+    """The number of ops of each layer of each cell of ``net``, or None when ``net`` does not
+    have the :class:`Supernet` shape (callable, ``cells``, each with callable ``enter`` and
+    ``exit`` and ``layers[j][o]``).
+
+    Attributes are looked up with ``getattr``, so an ``nn.Module``'s submodules count. (An
+    ``isinstance`` check against a protocol with attribute members cannot do this on every
+    Python: since 3.12 it looks attributes up statically and misses ``_modules``.)
+    """
+    cells = getattr(net, "cells", None)
+    if not callable(net) or not _indexable(cells):
+        return None
+    shape = []
+    for cell in cells:
+        layers = getattr(cell, "layers", None)
+        if not (callable(getattr(cell, "enter", None)) and callable(getattr(cell, "exit", None))
+                and _indexable(layers) and all(_indexable(layer) for layer in layers)):
+            return None
+        shape.append(tuple(len(layer) for layer in layers))
+    return tuple(shape)
+
+
+def _indexable(x: object) -> bool:
+    """``x`` has a length and items by index (a list, a tuple, an ``nn.ModuleList``)."""
+    return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, str | bytes)
 
 
 class Plugin:

@@ -106,23 +106,33 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, resolution: int, *,
                 opset: int | None = None) -> Path:
     """Export ``model`` (eval mode, CPU copy) to ONNX with a dynamic batch axis, atomically.
 
-    Input ``images`` (N, 3, resolution, resolution), output ``logits``. Uses timm's
-    ``onnx_export`` (TorchScript exporter) and runs the ONNX checker.
+    Input ``images`` (N, 3, resolution, resolution), output ``logits``. Uses the installed
+    torch's TorchScript exporter, asked for by name (``dynamo=False``): since torch 2.9,
+    ``torch.onnx.export`` defaults to the dynamo exporter, which needs onnxscript and refuses
+    ``dynamic_axes`` (timm's ``onnx_export`` before 1.0.31 does not ask). Then runs the ONNX
+    checker.
     """
     import copy
+    import warnings
 
-    from timm.utils.onnx import onnx_export
+    import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cpu = copy.deepcopy(model).cpu().eval()
     example = torch.randn(2, 3, resolution, resolution,
                           generator=torch.Generator().manual_seed(0))  # global RNG untouched
+    with torch.no_grad():
+        cpu(example)  # sets the padding of timm's Conv2dSameExport before tracing, as timm does
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        onnx_export(cpu, tmp, example_input=example, opset=opset, check=True,
-                    input_names=["images"], output_names=["logits"], use_dynamo=False)
+        with warnings.catch_warnings():  # "legacy TorchScript-based ONNX export": on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(cpu, (example,), tmp, input_names=["images"],
+                              output_names=["logits"], opset_version=opset, dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        onnx.checker.check_model(tmp, full_check=True)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -67,15 +67,15 @@ def adapter(in_chs: int, out_chs: int) -> nn.Module:
 
 def check_supernet(net: Any, cells: Sequence[dnax.CellSpec], where: str) -> None:
     """Refuse (PluginError) a supernet that does not have the shape ``cells`` describe."""
-    if not isinstance(net, Supernet) or len(net.cells) != len(cells):
+    shape = dnax.supernet_shape(net)
+    if shape is None or len(shape) != len(cells):
         raise dnax.PluginError(f"{where}: build_supernet must return a supernet with one cell "
                                f"per CellSpec ({len(cells)}), each with enter, layers[j][o], "
                                "exit (see dnax.plugins.toolkit.supernet)")
-    for spec, cell in zip(cells, net.cells, strict=True):
-        shape = tuple(len(ops) for ops in getattr(cell, "layers", ()))
+    for spec, got in zip(cells, shape, strict=True):
         want = (len(spec.ops),) * spec.depth
-        if not isinstance(cell, SupernetCell) or shape != want:
-            raise dnax.PluginError(f"{where}: cell {spec.index} has layers x ops {shape}, its "
+        if got != want:
+            raise dnax.PluginError(f"{where}: cell {spec.index} has layers x ops {got}, its "
                                    f"CellSpec says {want}")
 
 
