@@ -97,8 +97,14 @@ def run(
                        ] = None,
     force: Annotated[str | None, typer.Option(help="Re-run from this stage on.")] = None,
     until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+    rerun: Annotated[bool, typer.Option(
+        "--rerun", help="Redo every finished stage the config changed (without it, a changed "
+        "finished stage stops the run).")] = False,
 ) -> None:
-    """Run a pipeline, resuming whatever an earlier run of it finished."""
+    """Run a pipeline, resuming whatever an earlier run of it finished.
+
+    Every check that needs no training comes first; then the plan (each stage reused, run,
+    resumed or redone, and why) is printed before anything is written."""
     from dnax.cli.observer import RichObserver
 
     registry = get_registry()
@@ -110,7 +116,7 @@ def run(
         registry.pm.register(observer, name="dnax-cli-observer")
     try:
         target = run_dir or dnax.api.default_run_dir(config)
-        dnax.runner.run(config, registry, target, force=force, until=until)
+        dnax.runner.run(config, registry, target, force=force, until=until, rerun=rerun)
     finally:
         if observer is not None:
             registry.pm.unregister(observer)
@@ -125,10 +131,11 @@ def run(
 @app.command()
 @user_errors
 def validate(pipeline: PipelineArg, as_json: JsonOpt = False) -> None:
-    """Check a pipeline and print its plan: the teacher's blocks and the size of the space."""
+    """Check a pipeline (everything that needs no training: models, data folders, blocks,
+    budgets) and print its plan: the teacher's blocks and the size of the space."""
     registry = get_registry()
     config = dnax.load_pipeline(pipeline, registry)
-    plan = dnax.runner.build_plan(config, dnax.runner.instantiate(config, registry))
+    plan = dnax.preflight.check_pipeline(config, dnax.runner.instantiate(config, registry))
     if as_json:
         print_json({"valid": True, "stages": [s.name for s in
                                               dnax.runner.configured_stages(config)],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,11 @@ class RichObserver:
         self.tasks: dict[tuple[str, str], TaskID] = {}
 
     @dnax.hookimpl
-    def dnax_pipeline_start(self, config: Any, run_dir: Path) -> None:
+    def dnax_pipeline_start(self, config: Any, run_dir: Path, plan: Sequence[Any]) -> None:
         self.console.print(f"[bold]dnax[/] pipeline [cyan]{config.pipeline.name}[/] → {run_dir}")
+        for step in plan:
+            self.console.print(f"  [dim]plan:[/] {step.stage:<8} {step.action:<7} "
+                               f"[dim]({step.reason})[/]", highlight=False)
         self.progress.start()
 
     @dnax.hookimpl

@@ -14,8 +14,9 @@ from attrs import define, field
 from .config import PipelineConfig, load_config
 from .context import DistInfo, QuietHooks, StageContext
 from .errors import ArtifactError
+from .preflight import check_pipeline
 from .rundir import RunDir
-from .runner import COSTS, STAGE_NAMES, build_plan, instantiate, load_result, resolve_device
+from .runner import COSTS, STAGE_NAMES, instantiate, load_result, resolve_device
 from .runner import run as _run
 from .types import BlockRanking, Plan, Selection
 
@@ -38,9 +39,10 @@ def load_pipeline(source: str | os.PathLike | Mapping[str, Any] | PipelineConfig
 
 
 def plan(source: Any, registry: Any = None) -> Plan:
-    """The search plan of a pipeline: per block the teacher's spec and its candidate count."""
+    """The search plan of a pipeline (per block the teacher's spec and its candidate count),
+    once every check that needs no training has passed (as ``dnax validate``)."""
     config = load_pipeline(source, registry)
-    return build_plan(config, instantiate(config, _registry(registry)))
+    return check_pipeline(config, instantiate(config, _registry(registry)))
 
 
 def stage_context(source: Any, run_dir: str | os.PathLike, stage: str = "retrain", *,
@@ -68,13 +70,16 @@ def default_run_dir(config: PipelineConfig) -> Path:
 
 
 def run_pipeline(source: Any, run_dir: str | os.PathLike | None = None, *,
-                 registry: Any = None, force: str | None = None, until: str | None = None
-                 ) -> Run:
-    """Run (or resume) a pipeline, as ``dnax run`` does, and return the finished :class:`Run`."""
+                 registry: Any = None, force: str | None = None, until: str | None = None,
+                 rerun: bool = False) -> Run:
+    """Run (or resume) a pipeline, as ``dnax run`` does, and return the finished :class:`Run`.
+
+    A finished stage whose config changed is redone only with ``force`` (that stage or an
+    earlier one) or ``rerun``; otherwise a ConfigError names the changed keys."""
     reg = _registry(registry)
     config = load_pipeline(source, reg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    _run(config, reg, run_dir, force=force, until=until)
+    _run(config, reg, run_dir, force=force, until=until, rerun=rerun)
     return load_run(run_dir)
 
 

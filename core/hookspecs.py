@@ -25,7 +25,7 @@ Implement any hook with ``@dnax.hookimpl`` in a module listed under the entry-po
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,11 @@ def dnax_register_commands(cli: Any) -> None:
 
 
 @hookspec
-def dnax_pipeline_start(config: Any, run_dir: Path) -> None:
-    """A pipeline run begins. ``config`` is the loaded :class:`dnax.PipelineConfig`. Fired by
-    the runner."""
+def dnax_pipeline_start(config: Any, run_dir: Path, plan: Sequence[Any]) -> None:
+    """A pipeline run begins. ``config`` is the loaded :class:`dnax.PipelineConfig`; ``plan``
+    holds one :class:`dnax.staging.StagePlan` per stage it will go through (``stage``,
+    ``action``: reuse, run, resume or redo, and ``reason``). Fired by the runner once every
+    check has passed, before any stage runs."""
 
 
 @hookspec

@@ -229,6 +229,10 @@ class CostModel(Plugin, ABC):
 
     #: the metric's name as budgets refer to it, e.g. ``"params"``
     metric: ClassVar[str] = ""
+    #: True when the costs follow from the config, the space and the teacher's blocks alone (no
+    #: trained weights, no run folder): ``dnax validate`` then checks budgets on this metric
+    #: against the cheapest network before any training
+    static: ClassVar[bool] = False
 
     @abstractmethod
     def candidate_costs(self, ctx: StageContext, block: BlockSpec,

@@ -24,12 +24,13 @@ from attrs import frozen
 
 from .config import PipelineConfig
 from .context import DistInfo, Plugins, QuietHooks, StageContext
-from .errors import ArtifactError, ConfigError, PluginError
+from .errors import ArtifactError, ConfigError
 from .interfaces import PLUGIN_KINDS
+from .preflight import check_pipeline, cost_rankings
 from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
+from .staging import ASIDE, StagedRunDir, finish_swaps, plan_stages, swap
 from .types import (
     BlockPlan,
-    BlockRanking,
     Plan,
     RankResult,
     RetrainResult,
@@ -48,6 +49,13 @@ class Stage:
     folders: tuple[str, ...]
     result_type: type
     run: Callable[[StageContext], Any]
+    #: files at the run folder's top level that the stage writes (besides its folders)
+    files: tuple[str, ...] = ()
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """Every top-level name the stage writes: its folders and files."""
+        return self.folders + self.files
 
 
 def _teacher(ctx: StageContext) -> TeacherResult:
@@ -76,15 +84,8 @@ def _select(ctx: StageContext) -> Selection:
 
     teacher: TeacherResult = ctx.results["teacher"]
     rank: RankResult = ctx.results["rank"]
-    rankings: list[BlockRanking] = []
-    for spec, ref in zip(teacher.blocks, rank.blocks, strict=True):
-        r = ctx.run_dir.load_ranking(ref)
-        widths = tuple(c.out_chs for c in ctx.plugins.space.cells(spec))
-        rows = len(rankings[-1].out_widths) if rankings else 1
-        costs = {c.metric: _check_costs(c, spec, c.candidate_costs(ctx, spec, r.candidates),
-                                        len(r.candidates), rows) for c in ctx.plugins.costs}
-        rankings.append(BlockRanking(r.block, r.candidates, r.scores, {**r.costs, **costs},
-                                     cell_widths=widths))
+    rankings = cost_rankings(ctx, teacher.blocks, ctx.plugins.costs,
+                             [ctx.run_dir.load_ranking(ref) for ref in rank.blocks])
     fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
     if ctx.dist.is_main and ctx.plugins.costs:
         ctx.run_dir.save_tensors(COSTS, {f"block{r.block}.{m}": torch.as_tensor(
@@ -103,17 +104,6 @@ def _select(ctx: StageContext) -> Selection:
     return selection
 
 
-def _check_costs(model: Any, spec: Any, costs: Any, n: int, rows: int) -> np.ndarray:
-    """A cost model's costs of one block: (n,), or (rows, n) where several widths can enter it
-    (see :class:`BlockRanking`); anything else is a PluginError naming the model."""
-    arr = np.asarray(costs, dtype=np.float64)
-    if arr.shape == (n,) or (rows > 1 and arr.shape == (rows, n)):
-        return arr
-    want = f"({n},)" + (f" or ({rows}, {n})" if rows > 1 else "")
-    raise PluginError(f"$.costs: {model.metric}: {type(model).__name__}.candidate_costs gave "
-                      f"block {spec.index} costs of shape {arr.shape}, expected {want}")
-
-
 def _retrain(ctx: StageContext) -> RetrainResult:
     return ctx.plugins.retrainer.retrain(ctx, ctx.results["select"])
 
@@ -122,7 +112,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("teacher", ("pipeline", "data", "teacher"), ("teacher",), TeacherResult, _teacher),
     Stage("train", ("space", "trainer"), ("supernets",), TrainResult, _train),
     Stage("rank", ("evaluator",), ("rankings",), RankResult, _rank),
-    Stage("select", ("costs", "selector"), ("selection",), Selection, _select),
+    Stage("select", ("costs", "selector"), ("selection",), Selection, _select,
+          ("selection.json",)),
     Stage("retrain", ("retrainer",), ("model",), RetrainResult, _retrain),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -162,8 +153,9 @@ def build_plan(config: PipelineConfig, plugins: Plugins) -> Plan:
     )
 
 
-def stage_hashes(config: PipelineConfig) -> dict[str, str]:
-    """The hash of each configured stage: its tables plus the previous stage's hash."""
+def stage_tables(config: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """The config tables each configured stage depends on (with the digests of the files they
+    name), as its hash covers them and its record stores them."""
     tables = config.to_dict()
     for kind, sec in config.sections.items():
         tables[kind]["files"] = file_digests(sec.config)
@@ -174,11 +166,17 @@ def stage_hashes(config: PipelineConfig) -> dict[str, str]:
     settings.pop("device", None)  # moving a run between devices keeps its results
     settings.pop("threads", None)
     tables["pipeline"] = settings
+    return {stage.name: {t: tables.get(t) for t in stage.tables}
+            for stage in configured_stages(config)}
+
+
+def stage_hashes(config: PipelineConfig) -> dict[str, str]:
+    """The hash of each configured stage: its tables plus the previous stage's hash."""
     prev = f"dnax-format-{FORMAT_VERSION}"
     out = {}
-    for stage in configured_stages(config):
-        body = json.dumps([prev, {t: tables.get(t) for t in stage.tables}], sort_keys=True)
-        prev = out[stage.name] = hashlib.sha256(body.encode()).hexdigest()[:16]
+    for name, tables in stage_tables(config).items():
+        body = json.dumps([prev, tables], sort_keys=True)
+        prev = out[name] = hashlib.sha256(body.encode()).hexdigest()[:16]
     return out
 
 
@@ -237,59 +235,71 @@ def _setup(config: PipelineConfig, dist: DistInfo) -> str:
 
 
 def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
-        *, force: str | None = None, until: str | None = None) -> dict[str, Any]:
+        *, force: str | None = None, until: str | None = None, rerun: bool = False
+        ) -> dict[str, Any]:
     """Run (or resume) the pipeline in ``run_dir``; return each stage's result by name.
 
-    ``force`` re-runs from that stage on even when nothing changed; ``until`` stops after it.
+    Every check that needs no training (:func:`dnax.preflight.check_pipeline`) and the plan of
+    the stages (:func:`dnax.staging.plan_stages`) come before anything is written. ``force``
+    re-runs from that stage on even when nothing changed; ``rerun`` redoes whatever the config
+    changed (without either, a changed finished stage stops the run); ``until`` stops after that
+    stage. A finished stage that is redone writes aside and replaces its old artefacts only when
+    it finishes.
     """
     stages = configured_stages(config)
     names = [s.name for s in stages]
     for opt, value in (("--force", force), ("--until", until)):
         if value is not None and value not in names:
             raise ConfigError(f"{opt}: unknown stage {value!r} (stages: {', '.join(names)})")
+    if until is not None:
+        stages = stages[:names.index(until) + 1]
     rd = RunDir(run_dir)
     dist = DistInfo.from_env()
     device = _setup(config, dist)
     plugins = instantiate(config, registry)
+    check_pipeline(config, plugins, rd.root)
+    if dist.is_main:
+        finish_swaps(rd)  # a swap a kill interrupted: its stage had finished
+    dist.barrier()
+    hashes = stage_hashes(config)
+    tables = stage_tables(config)
+    plan = plan_stages(rd, stages, tables, hashes, force=force, rerun=rerun)
     hook = registry.hook if dist.is_main else QuietHooks()
     if dist.is_main:
         rd.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(rd.path("config.toml"), config.to_toml())
     dist.barrier()
 
-    hashes = stage_hashes(config)
     results: dict[str, Any] = {}
     timings: dict[str, dict[str, Any]] = {}
-    hook.dnax_pipeline_start(config=config, run_dir=rd.root)
-    rerun = False
-    for stage in stages:
-        rerun = rerun or stage.name == force
-        done = None if rerun else _finished(rd, stage, hashes[stage.name])
-        ctx = StageContext(stage.name, config, plugins, rd, hook, device, dist, dict(results))
+    hook.dnax_pipeline_start(config=config, run_dir=rd.root, plan=plan)
+    for stage, step in zip(stages, plan, strict=True):
+        reuse = step.action == "reuse"
+        done = _finished(rd, stage, hashes[stage.name]) if reuse else None
+        where = StagedRunDir(rd.root, stage.name, stage.owned) if step.action == "redo" else rd
+        ctx = StageContext(stage.name, config, plugins, where, hook, device, dist, dict(results))
         hook.dnax_stage_start(stage=stage.name, run_dir=rd.root)
         t0 = time.perf_counter()
-        if done is not None:
+        if reuse:
             results[stage.name] = done
         else:
-            rerun = True  # everything after a re-run stage runs again
             if dist.is_main:
-                _begin(rd, stage, hashes[stage.name])
+                _begin(where, stage, hashes[stage.name])
             dist.barrier()
             results[stage.name] = stage.run(ctx)
             if dist.is_main:
-                rd.write_json(f"stages/{stage.name}.json", {
-                    "hash": hashes[stage.name],
-                    "seconds": time.perf_counter() - t0,
-                    "result": _conv.unstructure(results[stage.name]),
-                    "files": stage_files(rd, stage),
-                }, kind="stage")
+                record = {"hash": hashes[stage.name], "seconds": time.perf_counter() - t0,
+                          "result": _conv.unstructure(results[stage.name]),
+                          "files": stage_files(where, stage), "config": tables[stage.name]}
+                if isinstance(where, StagedRunDir):
+                    swap(rd, stage.name, stage.owned, record, kind="stage")
+                else:
+                    rd.write_json(f"stages/{stage.name}.json", record, kind="stage")
             dist.barrier()
         seconds = time.perf_counter() - t0
-        timings[stage.name] = {"seconds": round(seconds, 3), "skipped": done is not None}
+        timings[stage.name] = {"seconds": round(seconds, 3), "skipped": reuse}
         hook.dnax_stage_end(stage=stage.name, run_dir=rd.root, result=results[stage.name],
-                            skipped=done is not None, seconds=seconds)
-        if stage.name == until:
-            break
+                            skipped=reuse, seconds=seconds)
     if dist.is_main:
         rd.write_json("report.json", make_report(config, results, timings), kind="report")
     hook.dnax_pipeline_end(config=config, run_dir=rd.root, results=results)
@@ -332,17 +342,24 @@ def stage_files(rd: RunDir, stage: Stage, only: Mapping[str, Any] | None = None
 
 def _begin(rd: RunDir, stage: Stage, digest: str) -> None:
     """Mark ``stage`` as started with ``digest``; a different earlier start clears its folders
-    (its partial artefacts were made for another config), the same one keeps them to resume."""
-    marker = f"stages/{stage.name}.started.json"
+    (its partial artefacts were made for another config), the same one keeps them to resume.
+    A redone stage (``rd`` a :class:`StagedRunDir`) keeps its marker beside its artefacts."""
+    staged = isinstance(rd, StagedRunDir)
+    marker = f"{ASIDE}/{stage.name}/started.json" if staged else f"stages/{stage.name}.started.json"
     started = rd.read_json(marker, kind="stage-start") if rd.exists(marker) else None
     done = rd.path(f"stages/{stage.name}.json")
-    if started is None or started.get("hash") != digest or done.exists():
-        for folder in stage.folders:
-            shutil.rmtree(rd.path(folder), ignore_errors=True)
+    if started is None or started.get("hash") != digest or (not staged and done.exists()):
+        for name in stage.owned:
+            path = rd.path(name)
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists() and name in stage.files:
+                path.unlink()
     for folder in stage.folders:  # what a killed write left behind
         for tmp in rd.path(folder).rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-    done.unlink(missing_ok=True)
+    if not staged:
+        done.unlink(missing_ok=True)
     rd.write_json(marker, {"hash": digest}, kind="stage-start")
 
 

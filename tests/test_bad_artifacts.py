@@ -210,7 +210,12 @@ def test_changed_config_reruns_exactly_the_affected_stages(tiny_reference, tmp_p
     kept = {s: faultkit.snapshot(run_dir / f) for s in faultkit.STAGES if s not in rerun
             for f in faultkit.FOLDERS[s] if (run_dir / f).is_dir()}
     toml = faultkit.write_pipeline(tmp_path / "changed.toml", faultkit.pipeline(**change))
-    res = faultkit.cli(["run", toml, "--run-dir", run_dir])
+    if rerun:  # without --rerun (or --force) a changed finished stage stops the run
+        before = faultkit.snapshot(run_dir)
+        res = faultkit.cli(["run", toml, "--run-dir", run_dir])
+        assert res.exit_code == 2 and f"since the {rerun[0]} stage finished" in res.stderr
+        assert faultkit.snapshot(run_dir) == before
+    res = faultkit.cli(["run", toml, "--run-dir", run_dir, "--rerun"])
     got = faultkit.ran(res.stdout)
     want = {s: "run" if s in rerun else "reused" for s in faultkit.STAGES}
     touched = [stage for stage, before in kept.items() if before != {
@@ -218,8 +223,9 @@ def test_changed_config_reruns_exactly_the_affected_stages(tiny_reference, tmp_p
         for k, v in faultkit.snapshot(run_dir / f).items()}]
     again = [s for s in faultkit.STAGES if got.get(s) == "run"]
     fault.record(category="bad artefact", fault=f"config changed: {key}",
-                 outcome=f"re-ran {', '.join(again) or 'nothing'}; the other stages' files "
-                 + (f"CHANGED: {touched}" if touched else "untouched"))
+                 outcome=("refused without --rerun (nothing changed); with it " if rerun
+                          else "") + f"re-ran {', '.join(again) or 'nothing'}; the other "
+                 "stages' files " + (f"CHANGED: {touched}" if touched else "untouched"))
     assert res.exit_code == 0, res.output
     assert got == want
     assert not touched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,5 +182,20 @@ def test_folder_val_class_unknown_to_train(tmp_path):
     write_tree(tmp_path)
     extra = tmp_path / "val" / "class_7"
     extra.mkdir()
-    with pytest.raises(dnax.DataError, match=re.escape(str(extra))):
+    with pytest.raises(dnax.DataError, match=re.escape(
+            f"{tmp_path / 'val'}: 1 classes the train folder lacks (class_7)")):
+        Folder(FolderConfig(root=tmp_path)).dataset("val", DC)
+    problems = Folder.check(FolderConfig(root=tmp_path), None, None)  # before any training
+    assert problems == [f"val_dir: {tmp_path / 'val'}: 1 classes the train folder lacks "
+                        "(class_7)"]
+
+
+def test_folder_val_lacking_a_class_of_train_is_refused(tmp_path):
+    """A val folder without one of train's classes would measure top-1 over the rest."""
+    write_tree(tmp_path)
+    shutil.rmtree(tmp_path / "val" / "class_1")
+    want = (f"{tmp_path / 'val'}: lacks 1 of the train folder's 3 classes (class_1): its val "
+            "top-1 would leave them out")
+    assert Folder.check(FolderConfig(root=tmp_path), None, None) == [f"val_dir: {want}"]
+    with pytest.raises(dnax.DataError, match=re.escape(want)):
         Folder(FolderConfig(root=tmp_path)).dataset("val", DC)

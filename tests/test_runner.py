@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from pathlib import Path
@@ -71,19 +72,33 @@ def test_full_run_then_resume_skips_everything(registry, pipeline, tmp_path):
     assert dict(CALLS) == {"teacher": 1, "train": 1, "rank": 1, "select": 1, "retrain": 1}
 
 
+def _hashes(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_a_change_reruns_that_stage_and_all_after_it(registry, pipeline, tmp_path):
     dnax.run_pipeline(pipeline, tmp_path, registry=registry)
     CALLS.clear()
+    before = _hashes(tmp_path)
     pipeline["evaluator"]["seed"] = 1
-    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    with pytest.raises(dnax.ConfigError) as e:  # a changed finished stage needs consent
+        dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    assert str(e.value) == (
+        "$.evaluator.seed changed (0 -> 1) since the rank stage finished; that redoes rank, "
+        "select, retrain: re-run with --force rank (or --rerun), restore the config, or use "
+        "another --run-dir")
+    assert dict(CALLS) == {} and _hashes(tmp_path) == before
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry, rerun=True)
     assert dict(CALLS) == {"rank": 1, "select": 1, "retrain": 1}
+    assert not (tmp_path / ".redo").exists()  # swapped in, nothing left aside
     CALLS.clear()
     pipeline["pipeline"]["name"] = "renamed"  # name and device do not invalidate results
     pipeline["pipeline"]["device"] = "cpu"
     dnax.run_pipeline(pipeline, tmp_path, registry=registry)
     assert dict(CALLS) == {}
     pipeline["pipeline"]["seed"] = 7
-    dnax.run_pipeline(pipeline, tmp_path, registry=registry)
+    dnax.run_pipeline(pipeline, tmp_path, registry=registry, force="teacher")
     assert dict(CALLS) == {"teacher": 1, "train": 1, "rank": 1, "select": 1, "retrain": 1}
 
 

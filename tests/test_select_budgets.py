@@ -103,7 +103,7 @@ def test_digits_pipeline_under_params_flops_and_latency(tmp_path):
     budgets = {m: float(lo[m] + 0.4 * (hi[m] - lo[m])) for m in METRICS}
     config["selector"]["budgets"] = budgets
     toml.write_text(tomli_w.dumps(config))
-    run = dnax.run_pipeline(toml, tmp_path / "run", until="select")
+    run = dnax.run_pipeline(toml, tmp_path / "run", until="select", rerun=True)
     sel = run.selection
     assert sel is not None and sel.optimal and sel.budgets == budgets
     # brute force over every network: (20,) x (20,) x ... broadcast to the whole grid

@@ -636,7 +636,8 @@ def step_longer(exp: Experiment, state: dict[str, Any]) -> None:
     config["trainer"]["epochs"] = LONGER * exp.scale.distill_epochs
     toml = exp.root / "pipeline-longer.toml"
     atomic_write_text(toml, tomli_w.dumps(config))
-    run = dnax.run_pipeline(toml, folder, registry=registry("longer"), until="rank")
+    # the copy keeps the search's stage records: train and rank are redone for the new epochs
+    run = dnax.run_pipeline(toml, folder, registry=registry("longer"), until="rank", rerun=True)
     if run.results["teacher"].metrics != dnax.load_run(exp.run_dir).results["teacher"].metrics:
         raise SystemExit(f"{folder}: its teacher is not the search's")
     write_scores(run, exp.files["scores-longer.csv"])

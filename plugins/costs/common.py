@@ -68,6 +68,8 @@ class LayerwiseCost(dnax.CostModel):
     ``sig.key`` instead of building the layer.
     """
 
+    static = True  # layers built from arch strings, or looked up in a table: no training
+
     def __init__(self, config: Any):
         super().__init__(config)
         self._layers: dict[tuple[str, LayerSig], tuple[float, int, int]] = {}

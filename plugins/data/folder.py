@@ -40,20 +40,35 @@ class FolderConfig:
         "help": "area range of timm's random-resized crop when augmenting"})
 
 
+def class_folders(folder: Path) -> list[str]:
+    """The sorted class folder names of ``folder`` (hidden ones left out)."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_problems(folder: Path, classes: list[str], found: list[str], split: str) -> list[str]:
+    """One line per mismatch of ``folder``'s classes (``found``) with train's ``classes``."""
+    missing = [c for c in classes if c not in found]
+    extra = [c for c in found if c not in classes]
+    return ([f"{folder}: lacks {len(missing)} of the train folder's {len(classes)} classes "
+             f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}): its {split} "
+             "top-1 would leave them out"] if missing else []) + (
+        [f"{folder}: {len(extra)} classes the train folder lacks ({', '.join(extra[:5])}"
+         f"{', ...' if len(extra) > 5 else ''})"] if extra else [])
+
+
 def scan(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], list[int]]:
     """The class names (sorted sub-folders, or ``classes``), image paths and labels of
-    ``folder``; a missing folder, an empty class or an unknown class is a DataError."""
+    ``folder``; a missing folder, an empty class, a missing or an unknown class is a
+    DataError."""
     if not folder.is_dir():
         raise dnax.DataError(f"{folder}: no such folder")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = class_folders(folder)
     if not found:
         raise dnax.DataError(f"{folder}: no class folders")
     if classes is None:
         classes = found
-    else:
-        unknown = [c for c in found if c not in classes]
-        if unknown:
-            raise dnax.DataError(f"{folder / unknown[0]}: class not found in the train folder")
+    elif problems := class_problems(folder, classes, found, folder.name):
+        raise dnax.DataError(problems)
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -99,6 +114,15 @@ class Folder(dnax.DataSource):
     """
 
     Config = FolderConfig
+
+    @classmethod
+    def check(cls, config: FolderConfig, pipeline: Any, registry: Any) -> list[str]:
+        """The val folder's classes against the train folder's (only folder names are read)."""
+        train, val = Path(config.root) / config.train_dir, Path(config.root) / config.val_dir
+        if not (train.is_dir() and val.is_dir()):
+            return []  # the data stage names a missing folder
+        return [f"val_dir: {p}" for p in
+                class_problems(val, class_folders(train), class_folders(val), "val")]
 
     @cached_property
     def _train(self) -> tuple[list[str], list[Path], list[int], dict[str, np.ndarray]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import math
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import timm
 import torch
 from attrs import field, frozen
 
@@ -103,6 +105,10 @@ class EfficientNetTeacher(dnax.Teacher):
     @classmethod
     def check(cls, config: EfficientNetConfig, pipeline: Any, registry: Any) -> list[str]:
         problems = []
+        if not config.arch_def and not timm.is_model(config.model):
+            near = difflib.get_close_matches(config.model, timm.list_models(), n=1)
+            problems.append(f"model: unknown timm model {config.model!r}"
+                            + (f" (did you mean {near[0]!r}?)" if near else ""))
         s = config.stages
         if s and list(s) != list(range(s[0], s[0] + len(s))):
             problems.append(f"stages: must be consecutive and ascending, got {list(s)}")
