@@ -267,7 +267,9 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
     hook = registry.hook if dist.is_main else QuietHooks()
     if dist.is_main:
         rd.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(rd.path("config.toml"), config.to_toml())
+        text = config.to_toml()
+        if not rd.exists("config.toml") or rd.path("config.toml").read_text() != text:
+            atomic_write_text(rd.path("config.toml"), text)  # a rerun leaves it untouched
     dist.barrier()
 
     results: dict[str, Any] = {}
