@@ -232,7 +232,7 @@ def test_malformed_pipelines_exit_2_with_one_line_per_problem(finished_run, tmp_
         fault.record(category="config", fault=kind, outcome="its own `error: $.path: ...` "
                      "line", cases=n, examples=n, breakdown=True)
     several = sum(n for k, n in sizes.items() if k > 1)
-    fault.record(category="config", fault=f"several problems at once (2 to {max(sizes)})",
+    fault.record(category="config", fault=f"several problems at once: 2 to {max(sizes)}",
                  outcome="one line for each, in any order", cases=several, examples=several,
                  breakdown=True)
     fault.note("config", "Injected per table: problems in its keys (wrong type, unknown key, "
