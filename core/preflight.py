@@ -30,7 +30,7 @@ def check_pipeline(config: PipelineConfig, plugins: Plugins, run_dir: Any = None
 
     plan = build_plan(config, plugins)
     budgets = getattr(getattr(plugins.selector, "config", None), "budgets", None) or {}
-    static = [c for c in plugins.costs if getattr(c, "static", False) and c.metric in budgets]
+    static = [c for c in plugins.costs if c.static and c.metric in budgets]
     if static:
         ctx = StageContext("select", config, plugins, RunDir(run_dir or "."), QuietHooks())
         blocks = tuple(b.spec for b in plan.blocks)

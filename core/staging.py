@@ -69,7 +69,8 @@ def plan_stages(rd: RunDir, stages: Sequence[Any], tables: Mapping[str, Any],
         if not (forced or changed or upstream):
             out.append(StagePlan(name, "reuse", "finished with this config"))
             continue
-        keys = changed_keys(record.get("config"), tables[name]) if changed else []
+        stored = record.get("config")  # None in records older than this field
+        keys = changed_keys(stored, tables[name]) if changed and stored is not None else []
         if forced:
             reason = f"--force {force}"
         elif keys:
@@ -94,8 +95,6 @@ def plan_stages(rd: RunDir, stages: Sequence[Any], tables: Mapping[str, Any],
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config tables, ``old`` -> ``new`` shown."""
-    if old is None:
-        return []
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         return [k for key in sorted(set(old) | set(new), key=str)
                 for k in changed_keys(old.get(key, _MISSING), new.get(key, _MISSING),

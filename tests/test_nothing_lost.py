@@ -328,3 +328,16 @@ def test_subprocess_cli_exits_2_on_a_typo_without_creating_the_run_folder(tiny_r
                           env={**__import__("os").environ, **faultkit.ENV}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_changed_keys_name_every_difference_by_hand():
+    """A key added, removed or changed, nested or not, and a table that appears."""
+    from dnax.staging import changed_keys
+
+    old = {"trainer": {"lr": [0.005], "epochs": 3, "sched": {"warmup": 1}}, "costs": None}
+    new = {"trainer": {"lr": [0.005], "epochs": 4, "sched": {"warmup": 2}, "ema": 0.9},
+           "costs": [{"plugin": "params"}]}
+    assert changed_keys(old, new) == [
+        "costs (None -> [{'plugin': 'params'}])", "trainer.ema (unset -> 0.9)",
+        "trainer.epochs (3 -> 4)", "trainer.sched.warmup (1 -> 2)"]
+    assert changed_keys(new, new) == []

@@ -130,8 +130,6 @@ class EfficientNetTeacher(dnax.Teacher):
 
     def build_model(self, num_classes: int) -> torch.nn.Module:
         """The teacher network without weights, with ``num_classes`` outputs."""
-        import timm
-
         c = self.config
         if c.arch_def:
             from timm.models._efficientnet_builder import round_channels
@@ -316,7 +314,6 @@ def fit(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name
 def cached_pretrained(model: str, tag: str) -> Path:
     """The file of timm's pretrained ``model.tag`` in the local Hugging Face or torch hub cache;
     dnax never downloads."""
-    import timm
     from timm.models import get_pretrained_cfg
 
     try:
