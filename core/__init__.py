@@ -37,6 +37,7 @@ from .interfaces import (
     Teacher,
     supernet_shape,
 )
+from .loading import Workers, batches, workers_field
 from .rundir import FORMAT_VERSION, RunDir, atomic_write, load_safetensors
 from .types import (
     BlockCheckpoint,
@@ -103,7 +104,9 @@ __all__ = [
     "TeacherResult",
     "TrainResult",
     "UserError",
+    "Workers",
     "atomic_write",
+    "batches",
     "correlate",
     "existing_path",
     "hookimpl",
@@ -118,4 +121,5 @@ __all__ = [
     "run_pipeline",
     "stage_context",
     "supernet_shape",
+    "workers_field",
 ]

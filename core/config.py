@@ -31,6 +31,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from .errors import ConfigError, PluginError
 from .interfaces import KIND, PLUGIN_KINDS
+from .loading import Workers
 
 # --- validators plugins use in their config classes ------------------------------------------
 
@@ -395,6 +396,13 @@ def _converter(base: Path) -> cattrs.Converter:
         return hook
 
     conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, literal_hook)
+
+    def workers_hook(v: Any, _t: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool)):
+            return v
+        raise _TypeProblem(f'expected "auto" or an int, got {_show(v)}')
+
+    conv.register_structure_hook_factory(lambda t: t == Workers, lambda _t: workers_hook)
 
     def seq_factory(t: Any, c: cattrs.Converter) -> Any:
         args = typing.get_args(t)

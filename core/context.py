@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import define, field, fields, frozen
 
 from .interfaces import PLUGIN_KINDS
+from .loading import Workers, batches
 from .rundir import RunDir
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def local_world_size(self) -> int:
+        """Processes of this run on this host (torchrun's LOCAL_WORLD_SIZE)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
 
     @classmethod
     def from_env(cls) -> DistInfo:
@@ -122,22 +128,21 @@ class StageContext:
         return self.plugins.teacher.data_config(self.resolution)
 
     def loader(self, split: str, batch_size: int, *, shuffle: bool = False,
-               augment: bool = False, drop_last: bool = False, num_workers: int = 0,
+               augment: bool = False, drop_last: bool = False, num_workers: Workers = "auto",
                data_config: Any = None) -> Any:
-        """A DataLoader over the data source's ``split``; sharded with a DistributedSampler under
+        """Batches of the data source's ``split`` (see :func:`dnax.loading.batches`: on the
+        device for in-memory data, else from workers); sharded with a DistributedSampler under
         torchrun (``batch_size`` is per process). Shuffling is seeded by the pipeline seed."""
         import torch
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DistributedSampler
 
         dataset = self.plugins.data.dataset(split, data_config or self.data_config,
                                             augment=augment)
         sampler = None
-        generator = torch.Generator().manual_seed(self.seed)
         if self.dist.enabled:
             sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank,
                                          shuffle=shuffle, seed=self.seed, drop_last=drop_last)
-        return DataLoader(dataset, batch_size=batch_size,
-                          shuffle=shuffle if sampler is None else False, sampler=sampler,
-                          drop_last=drop_last, num_workers=num_workers, generator=generator,
-                          pin_memory=self.device.startswith("cuda"),
-                          persistent_workers=num_workers > 0)
+        return batches(dataset, self.device, batch_size=batch_size, shuffle=shuffle,
+                       drop_last=drop_last, sampler=sampler, num_workers=num_workers,
+                       generator=torch.Generator().manual_seed(self.seed),
+                       local_processes=self.dist.local_world_size)

@@ -159,6 +159,8 @@ def stage_tables(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     tables = config.to_dict()
     for kind, sec in config.sections.items():
         tables[kind]["files"] = file_digests(sec.config)
+        for key in runtime_keys(sec.config):  # how fast, not what: a change keeps the results
+            tables[kind].pop(key, None)
     for table, sec in zip(tables.get("costs", []), config.costs, strict=True):
         table["files"] = file_digests(sec.config)
     settings = dict(tables["pipeline"])
@@ -168,6 +170,12 @@ def stage_tables(config: PipelineConfig) -> dict[str, dict[str, Any]]:
     tables["pipeline"] = settings
     return {stage.name: {t: tables.get(t) for t in stage.tables}
             for stage in configured_stages(config)}
+
+
+def runtime_keys(config: Any) -> set[str]:
+    """The keys of a plugin config marked ``runtime`` (speed only, such as ``num_workers``)."""
+    return {a.name for a in attrs.fields(type(config)) if a.metadata.get("runtime")} if attrs.has(
+        type(config)) else set()
 
 
 def stage_hashes(config: PipelineConfig) -> dict[str, str]:
@@ -263,7 +271,9 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
     dist.barrier()
     hashes = stage_hashes(config)
     tables = stage_tables(config)
-    plan = plan_stages(rd, stages, tables, hashes, force=force, rerun=rerun)
+    runtime = {f"{kind}.{key}" for kind, sec in config.sections.items()
+               for key in runtime_keys(sec.config)}
+    plan = plan_stages(rd, stages, tables, hashes, force=force, rerun=rerun, runtime=runtime)
     hook = registry.hook if dist.is_main else QuietHooks()
     if dist.is_main:
         rd.root.mkdir(parents=True, exist_ok=True)
@@ -277,7 +287,7 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
     hook.dnax_pipeline_start(config=config, run_dir=rd.root, plan=plan)
     for stage, step in zip(stages, plan, strict=True):
         reuse = step.action == "reuse"
-        done = _finished(rd, stage, hashes[stage.name]) if reuse else None
+        done = _finished(rd, stage) if reuse else None
         where = StagedRunDir(rd.root, stage.name, stage.owned) if step.action == "redo" else rd
         ctx = StageContext(stage.name, config, plugins, where, hook, device, dist, dict(results))
         hook.dnax_stage_start(stage=stage.name, run_dir=rd.root)
@@ -308,14 +318,10 @@ def run(config: PipelineConfig, registry: Any, run_dir: str | os.PathLike,
     return results
 
 
-def _finished(rd: RunDir, stage: Stage, digest: str) -> Any:
-    """The stored result of ``stage`` if it finished with the same hash, else None."""
+def _finished(rd: RunDir, stage: Stage) -> Any:
+    """The stored result of ``stage``, which the plan reuses (its files checked)."""
     rel = f"stages/{stage.name}.json"
-    if not rd.exists(rel):
-        return None
     record = rd.read_json(rel, kind="stage")
-    if record.get("hash") != digest:
-        return None
     files = record.get("files", {})
     now = stage_files(rd, stage, only=files)
     for f, d in files.items():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,10 +43,12 @@ class StagePlan:
 
 
 def plan_stages(rd: RunDir, stages: Sequence[Any], tables: Mapping[str, Any],
-                hashes: Mapping[str, str], *, force: str | None = None, rerun: bool = False
-                ) -> list[StagePlan]:
+                hashes: Mapping[str, str], *, force: str | None = None, rerun: bool = False,
+                runtime: Collection[str] = ()) -> list[StagePlan]:
     """Each stage's :class:`StagePlan`; a ConfigError (one line) when a finished stage would be
-    redone without ``force`` (at or before it) or ``rerun``."""
+    redone without ``force`` (at or before it) or ``rerun``. ``runtime``: dotted keys
+    (``trainer.num_workers``) left out of hashes; a stage recorded when they were still hashed
+    is reused if only they differ."""
     names = [s.name for s in stages]
     forced_from = names.index(force) if force in names else len(names)
     out: list[StagePlan] = []
@@ -65,11 +67,12 @@ def plan_stages(rd: RunDir, stages: Sequence[Any], tables: Mapping[str, Any],
             upstream = upstream or name
             continue
         forced = i >= forced_from
-        changed = record.get("hash") != hashes[name]
+        stored = record.get("config")  # None in records older than this field
+        changed = record.get("hash") != hashes[name] and not (stored is not None and all(
+            k.split(" (")[0] in runtime for k in changed_keys(stored, tables[name])))
         if not (forced or changed or upstream):
             out.append(StagePlan(name, "reuse", "finished with this config"))
             continue
-        stored = record.get("config")  # None in records older than this field
         keys = changed_keys(stored, tables[name]) if changed and stored is not None else []
         if forced:
             reason = f"--force {force}"

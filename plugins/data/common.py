@@ -58,6 +58,19 @@ def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(x, (pad, pad, pad, pad))[:, i:i + h, j:j + w]
 
 
+def random_shifts(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) moved by its own random offset of up to ``pad`` pixels
+    each way, the border filled with zeros: :func:`random_shift` for a whole batch at once (the
+    offsets drawn on the CPU from torch's global generator)."""
+    b, _, h, w = x.shape
+    i, j = torch.randint(0, 2 * pad + 1, (2, b)).to(x.device, non_blocking=True)
+    rows = (i[:, None] + torch.arange(h, device=x.device))[:, :, None]  # B, H, 1
+    cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, :]  # B, 1, W
+    padded = F.pad(x, (pad, pad, pad, pad))
+    return padded[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(
+        0, 3, 1, 2)  # advanced indices first: (B, H, W, C) -> (B, C, H, W)
+
+
 def unit(x: torch.Tensor) -> torch.Tensor:
     """Images as floats in [0, 1] (uint8 scaled by 1/255)."""
     return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
@@ -67,7 +80,10 @@ class ArrayDataset(torch.utils.data.Dataset):
     """Grey images held in memory (uint8, or floats in [0, 1]), prepared as ``data_config``
     says: resized to its input size, repeated to its channel count, normalised by its mean/std.
     ``augment`` shifts each image by up to a tenth of its side (no flips: digits are not
-    mirror-symmetric)."""
+    mirror-symmetric).
+
+    In-memory data (``dnax.loading.TensorData``): :meth:`to` moves it to the device once and
+    :meth:`batch` prepares a whole batch there with tensor operations."""
 
     def __init__(self, images: torch.Tensor, labels: np.ndarray, data_config: dnax.DataConfig,
                  *, augment: bool = False):
@@ -88,6 +104,24 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: str | torch.device) -> ArrayDataset:
+        """This data set with its images, labels and normaliser on ``device`` (in place)."""
+        for name in ("images", "labels", "mean", "std"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prepared images and labels of ``indices``, as :meth:`__getitem__` gives each."""
+        indices = indices.to(self.images.device, non_blocking=True)
+        x = unit(self.images[indices])
+        if not self.resized:
+            x = resize(x, self.size, self.interpolation)
+        if self.shift:
+            x = random_shifts(x, self.shift)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        return (x - self.mean) / self.std, self.labels[indices]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = unit(self.images[i])

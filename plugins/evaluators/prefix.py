@@ -4,8 +4,8 @@ computation (and BatchNorm recalibration) of shared op prefixes done once."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,8 +40,7 @@ class PrefixConfig:
     shard_depth: int = field(default=2, validator=dnax.positive, metadata={
         "help": "under torchrun, sub-trees under op prefixes of this many layers go to ranks"})
     amp: bool = field(default=True, metadata={"help": "autocast (bfloat16/float16) on CUDA"})
-    num_workers: int = field(default=0, validator=dnax.non_negative, metadata={
-        "help": "DataLoader worker processes for the held-out and recalibration images"})
+    num_workers: dnax.Workers = dnax.workers_field("the held-out and recalibration images")
 
 
 class PrefixEvaluator(dnax.Evaluator):
@@ -168,10 +167,12 @@ class PrefixEvaluator(dnax.Evaluator):
         return inputs, targets, recal
 
     def _loader(self, ctx: dnax.StageContext, dataset: torch.utils.data.Dataset,
-                indices: list[int]) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indices), batch_size=self.config.batch_size,
-            num_workers=self.config.num_workers, pin_memory=ctx.device.startswith("cuda"))
+                indices: list[int]) -> Iterable[tuple[torch.Tensor, Any]]:
+        size = self.config.batch_size
+        return dnax.batches(dataset, ctx.device, num_workers=self.config.num_workers,
+                            batch_sampler=[indices[i:i + size]
+                                           for i in range(0, len(indices), size)],
+                            local_processes=ctx.dist.local_world_size)
 
     def _score_block(self, ctx: dnax.StageContext, spec: dnax.BlockSpec,
                      supernet: torch.nn.Module, inputs: list[torch.Tensor],

@@ -101,8 +101,7 @@ class TimmRetrainerConfig:
                                  metadata={"help": "images per step when evaluating"})
     eval_every: int = field(default=1, validator=dnax.positive, metadata={
         "help": "measure val top-1/top-5 every this many epochs (and after the last)"})
-    num_workers: int = field(default=0, validator=dnax.non_negative,
-                             metadata={"help": "data loading worker processes"})
+    num_workers: dnax.Workers = dnax.workers_field("the train and val images")
     onnx: bool = field(default=False, metadata={"help": "also write model/model.onnx"})
     onnx_opset: int | None = field(default=None, validator=dnax.positive,
                                    metadata={"help": "ONNX opset; default: the exporter's"})

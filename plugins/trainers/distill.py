@@ -60,8 +60,7 @@ class DistillConfig:
         "help": "mixed precision on CUDA (CPU runs float32)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory on CUDA"})
     augment: bool = field(default=True, metadata={"help": "augment the train images"})
-    num_workers: int = field(default=0, validator=dnax.non_negative, metadata={
-        "help": "data-loading worker processes"})
+    num_workers: dnax.Workers = dnax.workers_field("the train images")
     checkpoint_every: int = field(default=200, validator=dnax.positive, metadata={
         "help": "steps between resume checkpoints (also at every epoch end)"})
     log_every: int = field(default=10, validator=dnax.positive, metadata={
@@ -313,10 +312,10 @@ class Distill(dnax.BlockTrainer):
             if start >= len(batches):
                 raise dnax.ArtifactError(f"{ctx.run_dir.path(RESUME)}: resumes at step {start} "
                                          f"of an epoch of {len(batches)} steps")
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=batches[start:], num_workers=cfg.num_workers,
-                pin_memory=ctx.device.startswith("cuda"),
-                generator=torch.Generator().manual_seed(mix_seed(ctx.seed, "load", epoch, start)))
+            loader = dnax.batches(
+                dataset, ctx.device, batch_sampler=batches[start:], num_workers=cfg.num_workers,
+                generator=torch.Generator().manual_seed(mix_seed(ctx.seed, "load", epoch, start)),
+                local_processes=ctx.dist.local_world_size)
             pending: list[torch.Tensor] = []
             for s, (images, _) in enumerate(loader, start=start):
                 pending.append(step(images, sampler(epoch, s)))
