@@ -15,7 +15,10 @@ import typer
 from typer.core import TyperGroup
 
 import dnax
-from dnax.cli import render
+from dnax.cli import (
+    bench_data,  # noqa: F401  (registers `dnax bench data`)
+    render,
+)
 from dnax.cli.bench import bench_app
 from dnax.cli.common import err, out, print_json, user_errors
 from dnax.registry import get_registry

@@ -73,6 +73,7 @@ class DeviceBatches:
 
     def __init__(self, dataset: TensorData, batch_sampler: Iterable[Sequence[int]]):
         self.dataset, self.batch_sampler = dataset, batch_sampler
+        self.sampler = getattr(batch_sampler, "sampler", None)  # set_epoch under torchrun
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]

@@ -90,6 +90,12 @@ def test_batches_follow_the_dataloaders_order():
         assert y.tolist() == y2.tolist()
         torch.testing.assert_close(x, x2)
     assert len({i for _, y in ours for i in y.tolist()}) == 32  # each image at most once
+    shard = torch.utils.data.DistributedSampler(ds, 2, 1, shuffle=True, seed=5)
+    sharded = batches(ds, "cpu", batch_size=4, sampler=shard)
+    assert sharded.sampler is shard  # what EpochLoop calls set_epoch on
+    shard.set_epoch(3)
+    want = list(torch.utils.data.DistributedSampler(ds, 2, 1, shuffle=True, seed=5))
+    assert [i for _, y in sharded for i in y.tolist()] != want  # epoch 3 is not epoch 0
     fixed = batches(ds, "cpu", batch_sampler=[[3, 1], [2]])
     assert [y.tolist() for _, y in fixed] == [[3, 1], [2]]
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# dnax bench all on the GPU machine (issue 18), from a copy of this repository.
+# The CUDA tests and dnax bench data / all on the GPU machine (issues 18, 23), from a copy of
+# this repository.
 #
 # That machine has no network and its own Python with torch, timm, rich, typer, pluggy, attrs,
 # safetensors, onnx, onnxruntime and scipy, but no cattrs, no tomli-w (and maybe no
@@ -16,8 +17,12 @@
 # Usage: .ci/device/run.sh [DIR] [OPTIONS of dnax bench all ...]
 #   DIR      bench.json, bench.md, console.txt and the parts' files (default: $OUT/bench, the
 #            device tool's folder that comes back, else runs/bench)
-#   OPTIONS  passed on after `--deadline 270` (a later --deadline wins), e.g. --parts train,rank
-# Environment: PYTHON (default python3); DNAX_DEVICE_INSTALL=copy skips the pip build of dnax.
+#   OPTIONS  passed on to dnax bench all after `--deadline 150` (a later --deadline wins),
+#            e.g. --parts train,rank
+# Environment: PYTHON (default python3); DNAX_DEVICE_INSTALL=copy skips the pip build of dnax;
+#   DNAX_FASHION_MNIST: folder of Fashion-MNIST's four gzip files (default
+#   .ci/device/fashion-mnist, carried; else the Debian package's folder);
+#   DNAX_DEVICE_TESTS_S / _DATA_S / _BENCH_S: the steps' time limits (110, 60, 150 s).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
@@ -79,13 +84,33 @@ gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 print(f"dnax {dnax.__version__} from {dnax.__file__}; torch {torch.__version__}; GPU: {gpu}")
 EOF
 
-# 4. the run: its own deadline (270 s unless OPTIONS say otherwise) keeps it within 5 minutes
+# 4. the CUDA tests (every stage under AMP, the tree walk under autocast, NCCL, the export of a
+#    CUDA-trained model, data on the device), then `dnax bench data`, then `dnax bench all`
+#    (the digits pipeline end to end and the bench parts) under its own deadline: within 5
+#    minutes in all. Any failure makes the exit status non-zero, after every step has run.
 mkdir -p "$out"
-set +e
-"$py" -m dnax bench all --output "$out" --deadline 270 --pipeline docs/examples/digits.toml \
-  "$@" 2>&1 | tee "$out/console.txt"
-status=${PIPESTATUS[0]}
-set -e
-echo "dnax bench all: exit $status; $out/bench.md:" >&2
+failed=()
+step() {  # step NAME COMMAND...: run it, its output into $out/NAME.txt, remember a failure
+  local name=$1; shift
+  echo "== $name: $*" >&2
+  set +e
+  "$@" 2>&1 | tee "$out/$name.txt"
+  local status=${PIPESTATUS[0]}
+  set -e
+  echo "== $name: exit $status" >&2
+  [ "$status" -eq 0 ] || failed+=("$name (exit $status)")
+}
+fmnist=${DNAX_FASHION_MNIST:-$repo/.ci/device/fashion-mnist}
+[ -d "$fmnist" ] || fmnist=/usr/share/datasets/fashion-mnist
+step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-110}" "$py" -m pytest -q -m cuda \
+  -p no:cacheprovider tests/test_cuda.py
+step bench-data timeout "${DNAX_DEVICE_DATA_S:-60}" "$py" -m dnax bench data \
+  --source "$fmnist" --output "$out/data.json"
+step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-150}" \
+  --pipeline docs/examples/digits.toml "$@"
 cat "$out/bench.md" 2>/dev/null || echo "(no bench.md)" >&2
-exit "$status"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "device run FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "device run passed: cuda tests, bench data, bench all" >&2
