@@ -71,9 +71,11 @@ class DeviceBatches:
     """The batches of an in-memory data set, gathered on its device, in ``batch_sampler``'s
     order (a DataLoader's, for the same sampler)."""
 
-    def __init__(self, dataset: TensorData, batch_sampler: Iterable[Sequence[int]]):
+    def __init__(self, dataset: TensorData, batch_sampler: Iterable[Sequence[int]],
+                 generator: torch.Generator | None = None):
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.sampler = getattr(batch_sampler, "sampler", None)  # set_epoch under torchrun
+        self.generator = generator  # the shuffle's: a resume state saves and restores it
 
     def __len__(self) -> int:
         return len(self.batch_sampler)  # type: ignore[arg-type]
@@ -96,7 +98,7 @@ def batches(dataset: Any, device: str, *, batch_size: int = 1, shuffle: bool = F
                 sampler = (RandomSampler(dataset, generator=generator) if shuffle
                            else SequentialSampler(dataset))
             batch_sampler = BatchSampler(sampler, batch_size, drop_last)
-        return DeviceBatches(dataset.to(device), batch_sampler)
+        return DeviceBatches(dataset.to(device), batch_sampler, generator)
     n = resolve_workers(num_workers, device, local_processes)
     order: dict[str, Any] = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
                              {"batch_size": batch_size, "drop_last": drop_last,

@@ -15,4 +15,5 @@ BUILTINS: tuple[str, ...] = (
     "dnax.plugins.costs.latency",
     "dnax.plugins.selectors.exact",
     "dnax.plugins.retrainers.timm_retrainer",
+    "dnax.plugins.retrainers.finetune",
 )

@@ -136,13 +136,14 @@ class TimmRetrainer(dnax.Retrainer):
         torch.manual_seed(ctx.seed)  # the same initial weights whatever ran before
         model = build_model(selection.arch_def, num_classes, selection.model_kwargs,
                             drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate).to(device)
-        ema = _ema(model, cfg.ema_decay)
         train = ctx.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment,
                            drop_last=True, num_workers=cfg.num_workers)
         if len(train) == 0:
             raise dnax.DataError(f"train split: {len(train.dataset)} images, fewer than "
                                  f"$.retrainer.batch_size = {cfg.batch_size}")
         val = ctx.loader("val", cfg.eval_batch_size, num_workers=cfg.num_workers)
+        start = self.initialise(ctx, selection, model, val)
+        ema = _ema(model, cfg.ema_decay)
         optimizer, scheduler = self._optimizer(model, len(train), ctx.dist.world_size)
         teacher = self._teacher(ctx) if cfg.distill > 0 else None
 
@@ -180,6 +181,7 @@ class TimmRetrainer(dnax.Retrainer):
             "flops": float(network_flops(exported, ctx.resolution)),
             "epochs": float(run["epoch"]),
             "seconds": float(run["seconds"]),
+            **start,
         }
         if ctx.dist.is_main:
             metrics.update(latency_metrics(ctx, selection, exported))
@@ -189,6 +191,16 @@ class TimmRetrainer(dnax.Retrainer):
         return dnax.RetrainResult(f"{FOLDER}/model.safetensors", f"{FOLDER}/model.json", metrics)
 
     # --- pieces --------------------------------------------------------------------------
+
+    def initialise(self, ctx: dnax.StageContext, selection: dnax.Selection, model: nn.Module,
+                   val: Any) -> dict[str, float]:
+        """Set ``model``'s initial weights (here: timm's random init, left as built); return
+        metrics of the start for the report."""
+        return {}
+
+    def export_meta(self) -> dict[str, Any]:
+        """More entries of model.json (here: none)."""
+        return {}
 
     def _optimizer(self, model: nn.Module, steps: int, world_size: int) -> tuple[Any, Any]:
         from timm.optim import create_optimizer_v2
@@ -213,7 +225,9 @@ class TimmRetrainer(dnax.Retrainer):
             raise dnax.ConfigError(
                 f"$.retrainer.distill: the teacher predicts {result.num_classes} classes, the "
                 f"data has {ctx.plugins.data.num_classes}; set distill = 0")
-        return ctx.plugins.teacher.load(ctx, result).eval()
+        if getattr(self, "_teacher_model", None) is None:
+            self._teacher_model = ctx.plugins.teacher.load(ctx, result).eval()
+        return self._teacher_model
 
     def _export(self, ctx: dnax.StageContext, selection: dnax.Selection, model: nn.Module,
                 metrics: Mapping[str, float], history: list[dict[str, Any]], val: Any) -> None:
@@ -237,6 +251,7 @@ class TimmRetrainer(dnax.Retrainer):
             "versions": {"dnax": dnax.__version__, "timm": timm.__version__,
                          "torch": torch.__version__},
         }
+        meta.update(self.export_meta())
         if cfg.onnx:
             path = export_onnx(model, ctx.run_dir.path(FOLDER, "model.onnx"), ctx.resolution,
                                opset=cfg.onnx_opset)
@@ -299,8 +314,9 @@ def _ema(model: nn.Module, decay: float) -> Any:
 
 def _fingerprint(selection: dnax.Selection, num_classes: int, cfg: TimmRetrainerConfig,
                  world_size: int) -> str:
+    settings = attrs.asdict(cfg, filter=lambda a, _v: not a.metadata.get("runtime"))
     body = json.dumps([[list(s) for s in selection.arch_def], selection.model_kwargs,
-                       num_classes, attrs.asdict(cfg), world_size], sort_keys=True, default=str)
+                       num_classes, settings, world_size], sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
