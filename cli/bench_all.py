@@ -17,7 +17,13 @@ stopped and a crash in one (a CUDA error, say) leaves the others' figures:
     candidates' scores under autocast are from the float32 ones;
 ``profile``
     ``dnax profile --check`` of the digits pipeline: a latency table measured on the device,
-    then random whole networks timed against its prediction.
+    then random whole networks timed against its prediction;
+``paper-rank``
+    the real ranking cost of the paper's space: every block's supernet (random weights) scored
+    by the tree walk on an ``efficientnet_b0`` teacher's block features (random weights) of
+    16 x 64 held-out images and one recalibration batch at 224 px, as the evaluator's defaults.
+    Under its deadline it walks a share of each cell (sub-trees under op prefixes, at least one
+    per cell) and extrapolates each cell linearly by leaf count; the report says how much.
 
 The deadline: a part starts only when its budget fits in the time left, and it may use the time
 the parts after it will not need; a part not started is recorded as skipped with the reason, one
@@ -29,7 +35,9 @@ default there): a smoke test that keeps the command working, not performance fig
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -50,6 +58,9 @@ GOAL_MEMORY_GIB = 80.0  # issue 18: a B7-teacher run fits one 80 GB GPU
 TINY_DIGITS_IMAGES = 256  # per split, with 1 epoch per stage
 SCORE_DIFF = "largest relative score difference"  # a row of dnax bench rank: tree vs plain
 TREE_VS_PLAIN = " (tree walk vs plain loop)"
+PAPER_RESOLUTION = 224
+PAPER_CELL = "paper-rank cell: "  # a log line per cell walked
+PAPER_SHARE_OF_TIME = 0.7  # of paper-rank's time: the rest is for starting up and writing
 
 
 @frozen
@@ -214,6 +225,103 @@ def _rank(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     return {"rows": rows, "caption": caption + note, "figures": figures, "report": reports}
 
 
+def extrapolate(cells: Sequence[tuple[float, int, int]]) -> float:
+    """Seconds of whole cells from (measured seconds, measured leaves, all leaves) each: each
+    cell's time scaled linearly by its leaf count, summed."""
+    return sum(secs * total / leaves for secs, leaves, total in cells)
+
+
+def _units(shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """A cell's sub-trees, smallest first-walked unit of the paper-rank part: the op prefixes
+    of all layers but the last (the whole cell when it has one layer)."""
+    return [tuple(p) for p in itertools.product(*map(range, shape[:-1]))]
+
+
+def _paper_rank(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The paper space ranked on a B0 teacher: a share of every cell, extrapolated."""
+    import torch
+
+    from dnax.cli.bench import _teacher_and_space, fmt
+    from dnax.plugins.evaluators.tree import cell_shape, make_groups, score_weights, walk_cell
+    from dnax.plugins.toolkit.timing import synchronize
+    from dnax.plugins.trainers.bench import teacher_network
+
+    t_start = time.perf_counter()
+    dev, tiny = s["device"], s["tiny"]
+    res, batches, bs = (32, 2, 4) if tiny else (PAPER_RESOLUTION, 16, 64)
+    amp = dev.startswith("cuda")  # the evaluator's default: autocast on CUDA
+    stop_at = t_start + PAPER_SHARE_OF_TIME * s.get("timeout_s", PARTS["paper-rank"].budget)
+    label, teacher, space, _ = _teacher_and_space(None, "paper")
+    model, _ = teacher_network(teacher, None)
+    model = model.to(dev).eval()
+    blocks = teacher.blocks(res)
+    space.check_blocks(blocks)
+    g = torch.Generator().manual_seed(s["seed"])
+    n = len(blocks)
+    feats: list[list[list[torch.Tensor]]] = [[[] for _ in range(n)] for _ in range(3)]
+    t0 = time.perf_counter()
+    for b in range(batches + 1):  # the scoring batches, then the recalibration batch
+        x = torch.randn(bs, *teacher.data_config(res).input_size, generator=g).to(dev)
+        f = teacher.block_features(model, x)
+        for i, spec in enumerate(blocks):
+            if b < batches:
+                feats[0][i].append(f[spec.index])
+                feats[1][i].append(f[spec.index + 1])
+            else:
+                feats[2][i].append(f[spec.index])
+    synchronize(dev)
+    teacher_s = time.perf_counter() - t0
+    # the first unit of every cell; more while the time left fits the later cells' first units
+    later = [len(space.cells(spec)) for spec in blocks]
+    cells: list[dict[str, Any]] = []
+    for i, spec in enumerate(blocks):
+        net = space.build_supernet(spec).to(dev).eval()
+        groups = make_groups(feats[0][i], feats[1][i], recal="train", recal_inputs=feats[2][i])
+        weights = score_weights(feats[1][i])
+        for c, cell in enumerate(net.cells):
+            shape = cell_shape(cell)
+            units, secs = _units(shape), 0.0
+            done = 0
+            while done < len(units):
+                t1 = time.perf_counter()
+                walk_cell(cell, groups, weights, prefixes=[units[done]], amp=amp)
+                synchronize(dev)
+                last = time.perf_counter() - t1
+                secs, done = secs + last, done + 1
+                to_come = sum(later[i + 1:]) + len(net.cells) - c - 1
+                if tiny or time.perf_counter() + last * (1 + to_come) > stop_at:
+                    break
+            cells.append({"block": spec.index, "cell": c, "shape": shape, "seconds": secs,
+                          "leaves": done * shape[-1], "candidates": math.prod(shape)})
+            print(f"{PAPER_CELL}{json.dumps(cells[-1])}", flush=True)  # for a stopped run
+        del net, groups, weights
+        feats[0][i] = feats[1][i] = feats[2][i] = []
+    total = sum(x["candidates"] for x in cells)
+    measured = sum(x["leaves"] for x in cells)
+    walk_s = sum(x["seconds"] for x in cells)
+    est = extrapolate([(x["seconds"], x["leaves"], x["candidates"]) for x in cells])
+    share = measured / total
+    rows = [
+        ("candidates in the space", f"{total:,}", ""),
+        ("candidates walked (measured)", f"{measured:,} ({share:.2%})", ""),
+        ("teacher forwards, all batches (measured)", f"{fmt(teacher_s)} s", ""),
+        ("tree walk of the walked share (measured)", f"{fmt(walk_s)} s", ""),
+        ("ranking, all candidates (extrapolated)", f"{fmt(est + teacher_s)} s", ""),
+    ]
+    small = " (tiny: not the paper's sizes)" if tiny else ""
+    caption = (f"{label}, random weights (timing only){small}: {len(blocks)} blocks, "
+               f"{len(cells)} cells; {batches} x {bs} held-out images and 1 recalibration "
+               f"batch at {res} px on {dev}, {'autocast' if amp else 'float32'}. Measured "
+               f"{measured:,} of {total:,} candidates (sub-trees under op prefixes of all "
+               "layers but the last, at least one per cell), extrapolated per cell linearly "
+               "by leaf count (an upper estimate: the shared prefixes above a sub-tree are "
+               "counted for each)")
+    figures = {"candidates": total, "measured_candidates": measured, "share": share,
+               "teacher_s": teacher_s, "walk_measured_s": walk_s, "walk_extrapolated_s": est,
+               "ranking_extrapolated_s": est + teacher_s}
+    return {"rows": rows, "caption": caption, "figures": figures, "report": {"cells": cells}}
+
+
 def _profile(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """``dnax profile --check``: a latency table of the digits space on the device, checked
     against whole networks (through the library functions of ``dnax profile``)."""
@@ -276,9 +384,24 @@ PARTS: dict[str, Part] = {
     "profile": Part("dnax profile --check", 40, 30,
                     ("ops measured", "check: Spearman (predicted vs measured)",
                      "check: median |error| of the prediction"), _profile),
+    "paper-rank": Part("the paper space's ranking on a B0 teacher, a share extrapolated", 120,
+                       30, ("candidates walked (measured)",
+                            "ranking, all candidates (extrapolated)"), _paper_rank),
 }
+def _walked_cells(folder: Path) -> str | None:
+    """A paper-rank run stopped part-way: the cells it walked (from its log)."""
+    try:
+        lines = (folder / "log.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    cells = [json.loads(x[len(PAPER_CELL):]) for x in lines if x.startswith(PAPER_CELL)]
+    return (f"cells walked: {len(cells)}, {sum(c['leaves'] for c in cells)} candidates in "
+            f"{sum(c['seconds'] for c in cells):.1f} s")
+
+
 #: after a part stopped or failed: what it left (None: nothing to add)
-PARTIAL: dict[str, Callable[[Path], str | None]] = {"digits": _finished_stages}
+PARTIAL: dict[str, Callable[[Path], str | None]] = {"digits": _finished_stages,
+                                                    "paper-rank": _walked_cells}
 
 
 def part_main(argv: Sequence[str]) -> int:
@@ -346,7 +469,8 @@ def _run_part(name: str, part: Part, folder: Path, settings: dict[str, Any], tim
     folder.mkdir(parents=True)
     settings_path, result_path = folder / "settings.json", folder / "result.json"
     log = folder / "log.txt"
-    settings_path.write_text(json.dumps({**settings, "folder": str(folder)}, indent=2))
+    settings_path.write_text(json.dumps({**settings, "folder": str(folder),
+                                         "timeout_s": timeout}, indent=2))
     rc, seconds = _spawn(name, settings_path, result_path, log, timeout)
     record: dict[str, Any] = {"seconds": round(seconds, 2), "log": str(log)}
     if rc is None:

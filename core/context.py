@@ -129,20 +129,22 @@ class StageContext:
 
     def loader(self, split: str, batch_size: int, *, shuffle: bool = False,
                augment: bool = False, drop_last: bool = False, num_workers: Workers = "auto",
-               data_config: Any = None) -> Any:
+               data_config: Any = None, seed: int | None = None) -> Any:
         """Batches of the data source's ``split`` (see :func:`dnax.loading.batches`: on the
         device for in-memory data, else from workers); sharded with a DistributedSampler under
-        torchrun (``batch_size`` is per process). Shuffling is seeded by the pipeline seed."""
+        torchrun (``batch_size`` is per process). Shuffling is seeded by ``seed`` (default: the
+        pipeline's)."""
         import torch
         from torch.utils.data import DistributedSampler
 
         dataset = self.plugins.data.dataset(split, data_config or self.data_config,
                                             augment=augment)
         sampler = None
+        seed = self.seed if seed is None else seed
         if self.dist.enabled:
             sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank,
-                                         shuffle=shuffle, seed=self.seed, drop_last=drop_last)
+                                         shuffle=shuffle, seed=seed, drop_last=drop_last)
         return batches(dataset, self.device, batch_size=batch_size, shuffle=shuffle,
                        drop_last=drop_last, sampler=sampler, num_workers=num_workers,
-                       generator=torch.Generator().manual_seed(self.seed),
+                       generator=torch.Generator().manual_seed(seed),
                        local_processes=self.dist.local_world_size)

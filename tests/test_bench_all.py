@@ -146,3 +146,33 @@ def test_bench_train_takes_a_teacher_model_only_with_a_preset():
     digits = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"
     res = cli.invoke(bench_app, ["train", str(digits), "--teacher-model", "tf_efficientnet_b7"])
     assert res.exit_code == 2 and "--teacher-model: only with --preset" in res.stderr
+
+
+def test_paper_rank_extrapolates_each_cell_by_its_leaves():
+    from dnax.cli.bench_all import _units, extrapolate
+
+    # by hand: 2 s for 6 of 288 leaves -> 96 s; 1 s for 36 of 1296 -> 36 s; a whole cell as is
+    assert extrapolate([(2.0, 6, 288), (1.0, 36, 1296), (0.5, 6, 6)]) == pytest.approx(132.5)
+    assert extrapolate([]) == 0
+    units = _units((2, 3, 4))  # prefixes of the first two layers, 4 leaves under each
+    assert units == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert _units((6,)) == [()]  # a one-layer cell is walked whole
+
+
+def test_paper_rank_counts_the_paper_space():
+    from dnax.cli.bench import _teacher_and_space
+
+    _, teacher, space, _ = _teacher_and_space(None, "paper")
+    blocks = teacher.blocks(224)
+    assert [len(space.candidates(b)) for b in blocks] == [288, 1548, 1548, 2808, 16848, 6]
+    assert sum(len(space.candidates(b)) for b in blocks) == 23046
+
+
+def test_a_stopped_paper_rank_names_the_cells_it_walked(tmp_path):
+    from dnax.cli.bench_all import PAPER_CELL, PARTIAL
+
+    cell = {"block": 0, "cell": 0, "shape": [6, 6], "seconds": 1.5, "leaves": 6,
+            "candidates": 36}
+    (tmp_path / "log.txt").write_text(f"noise\n{PAPER_CELL}{json.dumps(cell)}\n"
+                                      f"{PAPER_CELL}{json.dumps(cell)}\n")
+    assert PARTIAL["paper-rank"](tmp_path) == "cells walked: 2, 12 candidates in 3.0 s"

@@ -63,6 +63,15 @@ def test_random_shifts_are_zero_filled_moves_of_each_image():
     assert len(seen) == (2 * pad + 1) ** 2  # every offset is drawn, rows and columns apart
 
 
+def test_augmented_batch_equals_the_per_image_path_under_one_seed():
+    ds = ArrayDataset(_images(n=16, side=20), np.arange(16), DC, augment=True)
+    torch.manual_seed(5)
+    x, _ = ds.batch(torch.arange(16))
+    torch.manual_seed(5)
+    ref = torch.stack([ds[i][0] for i in range(16)])  # random_shift, image by image
+    torch.testing.assert_close(x, ref)
+
+
 def test_augmented_batch_shifts_within_a_tenth_of_the_side():
     ds = ArrayDataset(_images(n=8, side=20), np.zeros(8), DC, augment=True)  # 12 px: shift 1
     torch.manual_seed(0)

@@ -124,8 +124,8 @@ def test_tree_walk_equals_plain_loop(net_and_data, recal):
 
 def test_tree_walk_runs_each_shared_prefix_once(net_and_data):
     """Counted forwards prove the prefix sharing: with no recalibration, layer j runs once per
-    prefix of length j + 1 and batch (ops_0 x ... x ops_j), where the plain loop runs every
-    layer of every candidate (ops_0 x ... x ops_n-1 per layer)."""
+    prefix of length j + 1 (ops_0 x ... x ops_j; the batches as one), where the plain loop runs
+    every layer of every candidate and batch (ops_0 x ... x ops_n-1 per layer and batch)."""
     net, xs, ts, _ = net_and_data
     groups = make_groups(xs, ts, recal="off")
     batches = sum(len(g.inputs) for g in groups)
@@ -144,7 +144,7 @@ def test_tree_walk_runs_each_shared_prefix_once(net_and_data):
         finally:
             for h in hooks:
                 h.remove()
-        assert tree == [math.prod(shape[: j + 1]) * batches for j in range(len(shape))]
+        assert tree == [math.prod(shape[: j + 1]) for j in range(len(shape))]
         assert plain == [math.prod(shape) * batches] * len(shape)
 
 

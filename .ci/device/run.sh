@@ -17,12 +17,12 @@
 # Usage: .ci/device/run.sh [DIR] [OPTIONS of dnax bench all ...]
 #   DIR      bench.json, bench.md, console.txt and the parts' files (default: $OUT/bench, the
 #            device tool's folder that comes back, else runs/bench)
-#   OPTIONS  passed on to dnax bench all after `--deadline 150` (a later --deadline wins),
+#   OPTIONS  passed on to dnax bench all after `--deadline 160` (a later --deadline wins),
 #            e.g. --parts train,rank
 # Environment: PYTHON (default python3); DNAX_DEVICE_INSTALL=copy skips the pip build of dnax;
 #   DNAX_FASHION_MNIST: folder of Fashion-MNIST's four gzip files (default
 #   .ci/device/fashion-mnist, carried; else the Debian package's folder);
-#   DNAX_DEVICE_TESTS_S / _DATA_S / _BENCH_S: the steps' time limits (110, 60, 150 s).
+#   DNAX_DEVICE_TESTS_S / _DATA_S / _BENCH_S: the steps' time limits (90, 45, 160 s).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
@@ -102,11 +102,11 @@ step() {  # step NAME COMMAND...: run it, its output into $out/NAME.txt, remembe
 }
 fmnist=${DNAX_FASHION_MNIST:-$repo/.ci/device/fashion-mnist}
 [ -d "$fmnist" ] || fmnist=/usr/share/datasets/fashion-mnist
-step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-110}" "$py" -m pytest -q -m cuda \
+step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-90}" "$py" -m pytest -q -m cuda \
   -p no:cacheprovider tests/test_cuda.py
-step bench-data timeout "${DNAX_DEVICE_DATA_S:-60}" "$py" -m dnax bench data \
+step bench-data timeout "${DNAX_DEVICE_DATA_S:-45}" "$py" -m dnax bench data \
   --source "$fmnist" --output "$out/data.json"
-step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-150}" \
+step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-160}" \
   --pipeline docs/examples/digits.toml "$@"
 cat "$out/bench.md" 2>/dev/null || echo "(no bench.md)" >&2
 if [ ${#failed[@]} -gt 0 ]; then

@@ -61,9 +61,10 @@ def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
 def random_shifts(x: torch.Tensor, pad: int) -> torch.Tensor:
     """Each image of ``x`` (B, C, H, W) moved by its own random offset of up to ``pad`` pixels
     each way, the border filled with zeros: :func:`random_shift` for a whole batch at once (the
-    offsets drawn on the CPU from torch's global generator)."""
+    offsets drawn on the CPU from torch's global generator in the order :func:`random_shift`
+    draws them image by image, so both give the same images)."""
     b, _, h, w = x.shape
-    i, j = torch.randint(0, 2 * pad + 1, (2, b)).to(x.device, non_blocking=True)
+    i, j = torch.randint(0, 2 * pad + 1, (b, 2)).T.to(x.device, non_blocking=True)
     rows = (i[:, None] + torch.arange(h, device=x.device))[:, :, None]  # B, H, 1
     cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, :]  # B, 1, W
     padded = F.pad(x, (pad, pad, pad, pad))

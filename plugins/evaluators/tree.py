@@ -7,6 +7,10 @@ it). Only the activations of the current path are kept, so memory grows with the
 the number of candidates. :func:`plain_cell` is the per-candidate loop it must agree with.
 
 Scores stay on the device: each leaf adds its three sums into one tensor, read once per block.
+A group's scoring batches run as one batch per node (up to ``max_batch`` images per forward):
+in eval mode every layer is per-image, so the scores do not depend on the batching, and a node
+is one launch per layer instead of one per batch. Recalibration batches keep their own batches
+(their batch statistics depend on them).
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ Recalib = Literal["train", "same", "separate", "off"]
 #: with ``normalise="channel"``, each channel's std is floored at this share of the std of the
 #: whole teacher output (the ``global`` normaliser): no channel weighs more than 10x it
 CHANNEL_STD_FLOOR = 0.1
+
+#: the most scoring images one forward of the walk takes (a group's batches are concatenated up
+#: to it): the official 16 x 64 held-out images in one
+MAX_BATCH = 1024
 
 
 @frozen
@@ -100,15 +108,38 @@ def cell_shape(cell: nn.Module) -> tuple[int, ...]:
     return tuple(len(ops) for ops in cell.layers)
 
 
+def tree_nodes(shape: Sequence[int]) -> dict[tuple[int, int], int]:
+    """How often :func:`walk_cell` runs each module of a cell of ``shape`` per group: keys
+    ``(j, o)`` for op ``o`` of layer ``j``, ``(-1, 0)`` for ``enter`` and ``(len(shape), 0)``
+    for ``exit`` with the leaf's scoring. Op ``o`` of layer ``j`` runs once per prefix of the
+    layers before it."""
+    nodes = {(-1, 0): 1, (len(shape), 0): math.prod(shape)}
+    for j, n in enumerate(shape):
+        nodes.update(((j, o), math.prod(shape[:j])) for o in range(n))
+    return nodes
+
+
+def batched(xs: Sequence[Tensor], max_batch: int | None = MAX_BATCH) -> list[Tensor]:
+    """``xs`` concatenated along the batch and split into tensors of at most ``max_batch``
+    images (``None``: one tensor)."""
+    if len(xs) <= 1 and (max_batch is None or all(len(x) <= max_batch for x in xs)):
+        return list(xs)
+    whole = torch.cat(list(xs))
+    return list(whole.split(max_batch)) if max_batch is not None else [whole]
+
+
 def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
               prefixes: Sequence[tuple[int, ...]] | None = None, amp: bool = False,
+              max_batch: int | None = MAX_BATCH,
               progress: Callable[[float], None] | None = None) -> Tensor:
     """Score every candidate of ``cell``: a tensor (candidates x 3) in :data:`METRICS` order,
     rows in ``itertools.product`` order of the op indices (first layer most significant).
 
     ``prefixes`` restricts the walk to the sub-trees under those op prefixes (sharding); the
-    rows of the other candidates stay zero. ``progress`` is called with the share of the walk
-    done after each first-layer sub-tree. BatchNorm buffers are restored afterwards.
+    rows of the other candidates stay zero. A group's scoring images run ``max_batch`` at a time
+    (``None``: all at once). ``progress`` is called with the share of the walk done after each
+    first-layer sub-tree. BatchNorm buffers are restored afterwards. Nothing is read back to
+    the host.
     """
     shape = cell_shape(cell)
     device = weights.device
@@ -122,13 +153,14 @@ def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
             return acc
     bns: dict[int, list[_BatchNorm]] = {}
 
+    targets = [batched(g.targets, max_batch) for g in groups]
+
     def node(j: int, row: int, path: tuple[int, ...], rec: list[Tensor] | None,
              xs: list[Tensor], g: int) -> None:
-        group = groups[g]
         if j == len(shape):
             if rec is not None:
                 _recalibrate(cell.exit, rec, bns)
-            total = sum(_sums(cell.exit(x), t) for x, t in zip(xs, group.targets, strict=True))
+            total = sum(_sums(cell.exit(x), t) for x, t in zip(xs, targets[g], strict=True))
             acc[row] += (total * weights).sum(1)
             return
         for o, layer in enumerate(cell.layers[j]):
@@ -143,7 +175,7 @@ def walk_cell(cell: nn.Module, groups: Sequence[Group], weights: Tensor, *,
     with _preserved(cell), torch.no_grad(), autocast(device, amp_dtype(device, amp)):
         for g, group in enumerate(groups):
             rec = _recalibrate(cell.enter, list(group.recal), bns) if group.recal else None
-            node(0, 0, (), rec, [cell.enter(x) for x in group.inputs], g)
+            node(0, 0, (), rec, [cell.enter(x) for x in batched(group.inputs, max_batch)], g)
     return acc
 
 

@@ -102,6 +102,9 @@ class TimmRetrainerConfig:
     eval_every: int = field(default=1, validator=dnax.positive, metadata={
         "help": "measure val top-1/top-5 every this many epochs (and after the last)"})
     num_workers: dnax.Workers = dnax.workers_field("the train and val images")
+    seed: int | None = field(default=None, validator=dnax.non_negative, metadata={
+        "help": "seed of the initial weights, the data order and augmentation; default: the "
+                "pipeline's"})
     onnx: bool = field(default=False, metadata={"help": "also write model/model.onnx"})
     onnx_opset: int | None = field(default=None, validator=dnax.positive,
                                    metadata={"help": "ONNX opset; default: the exporter's"})
@@ -133,11 +136,12 @@ class TimmRetrainer(dnax.Retrainer):
         cfg = self.config
         device = torch.device(ctx.device)
         num_classes = ctx.plugins.data.num_classes
-        torch.manual_seed(ctx.seed)  # the same initial weights whatever ran before
+        seed = ctx.seed if cfg.seed is None else cfg.seed
+        torch.manual_seed(seed)  # the same initial weights whatever ran before
         model = build_model(selection.arch_def, num_classes, selection.model_kwargs,
                             drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate).to(device)
         train = ctx.loader("train", cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           drop_last=True, num_workers=cfg.num_workers)
+                           drop_last=True, num_workers=cfg.num_workers, seed=seed)
         if len(train) == 0:
             raise dnax.DataError(f"train split: {len(train.dataset)} images, fewer than "
                                  f"$.retrainer.batch_size = {cfg.batch_size}")
