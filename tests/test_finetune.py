@@ -157,3 +157,20 @@ def test_finetune_pipeline_end_to_end(tmp_path):
     assert "stem (conv_stem, bn1, stages 0-0)" in meta["stitch"]["teacher"]
     model = dnax.load_model(tmp_path / "run" / "model")
     assert sum(p.numel() for p in model.parameters()) == run.selection.costs["params"]
+
+
+def test_recalibrate_gives_the_batch_statistics_by_hand():
+    from dnax.plugins.retrainers.finetune import recalibrate
+
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Dropout(0.9))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(5, 2, 4, 4, generator=g) * 3 + 1, torch.zeros(5)) for _ in range(3)]
+    recalibrate(net, batches, 2, "cpu")
+    with torch.no_grad():
+        y = torch.cat([net[0](x) for x, _ in batches[:2]])  # two equal-size batches
+    mean = y.mean((0, 2, 3))
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in
+                       (net[0](batches[0][0]).detach(), net[0](batches[1][0]).detach())]).mean(0)
+    torch.testing.assert_close(net[1].running_mean, mean)
+    torch.testing.assert_close(net[1].running_var, var)
+    assert not net.training and net[1].momentum == 0.1

@@ -285,6 +285,17 @@ def poison(monkeypatch, after: int) -> None:
             self.served += 1
             return (x * float("nan") if self.served > after else x), y
 
+        def to(self, device):  # in memory, as the digits it wraps: the same batches
+            self.inner.to(device)
+            return self
+
+        def batch(self, indices):
+            x, y = self.inner.batch(indices)
+            first = max(0, after - self.served)  # images after the first `after` turn NaN
+            self.served += len(indices)
+            x[first:] = float("nan")
+            return x, y
+
     def dataset(self, split, data_config, *, augment=False):
         inner = make(self, split, data_config, augment=augment)
         return Poisoned(inner) if split == "train" else inner

@@ -39,6 +39,10 @@ class FinetuneConfig(TimmRetrainerConfig):
         "help": "weight of KL from the teacher's logits (the rest: the labels' cross-entropy)"})
     distill_temperature: float = field(default=2.0, validator=dnax.positive,
                                        metadata={"help": "softmax temperature of distillation"})
+    recalibrate: int = field(default=8, validator=dnax.non_negative, metadata={
+        "help": "train batches (of batch_size) that recompute the stitched network's BatchNorm "
+                "statistics before fine-tuning (a supernet's are averaged over all its paths); "
+                "0: keep the supernets'"})
     tolerance: float = field(default=1e-4, validator=dnax.positive, metadata={
         "help": "largest relative deviation at an exactly stitched block boundary (float32)"})
 
@@ -91,6 +95,9 @@ class FinetuneRetrainer(TimmRetrainer):
                                    "an exactly stitched block boundary (tolerance "
                                    f"{self.config.tolerance:g}): the folding is wrong")
         del supernets
+        if self.config.recalibrate:
+            recalibrate(model, ctx.loader("train", self.config.batch_size, shuffle=True),
+                        self.config.recalibrate, ctx.device)
         with torch.no_grad():
             top1 = evaluate(model, val, ctx.device, None, ctx.dist)["top1"]
         ctx.log(f"finetune: stitched network before fine-tuning: top-1 {top1:.2f} %")
@@ -108,6 +115,25 @@ class FinetuneRetrainer(TimmRetrainer):
         return {"stitch": {"teacher": report.teacher, "fresh": report.fresh,
                            "folded": report.folded, "approximate": report.approximate,
                            "block_deviations": self.deviations}}
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, loader: Any, batches: int, device: str) -> None:
+    """Recompute every BatchNorm's running statistics of ``model`` as the cumulative average
+    over ``batches`` batches of ``loader`` (batch statistics, no dropout or drop-path, no
+    gradient); eval mode after."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for _, (images, _labels) in zip(range(batches), loader, strict=False):
+        model(images.to(device, non_blocking=True))
+    for bn, momentum in zip(norms, saved, strict=True):
+        bn.momentum = momentum
+    model.eval()
 
 
 @dnax.hookimpl
