@@ -14,7 +14,15 @@ from attrs import field, frozen
 import dnax
 from dnax.plugins.toolkit.supernet import load_supernet
 
-from .tree import METRICS, cell_shape, make_groups, score_weights, shard_prefixes, walk_cell
+from .tree import (
+    MAX_BATCH,
+    METRICS,
+    cell_shape,
+    make_groups,
+    score_weights,
+    shard_prefixes,
+    walk_cell,
+)
 
 
 @frozen
@@ -40,6 +48,10 @@ class PrefixConfig:
     shard_depth: int = field(default=2, validator=dnax.positive, metadata={
         "help": "under torchrun, sub-trees under op prefixes of this many layers go to ranks"})
     amp: bool = field(default=True, metadata={"help": "autocast (bfloat16/float16) on CUDA"})
+    max_batch: int = field(default=MAX_BATCH, validator=dnax.positive, metadata={
+        "help": "scoring images one forward of the tree walk takes (the scoring batches run "
+                "together up to it; lower it when the device runs out of memory)",
+        "runtime": True})
     num_workers: dnax.Workers = dnax.workers_field("the held-out and recalibration images")
 
 
@@ -197,7 +209,7 @@ class PrefixEvaluator(dnax.Evaluator):
                 ctx.progress(task, done + round(share * n), total)
 
             parts.append(walk_cell(cell, groups, weights, prefixes=prefixes, amp=cfg.amp,
-                                   progress=report))
+                                   max_batch=cfg.max_batch, progress=report))
             done += n
         scores = torch.cat(parts)
         if ctx.dist.enabled:  # each candidate's row is filled on one rank only, zero elsewhere
