@@ -1056,10 +1056,17 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
     longer = c.association([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1),
                            n_boot=2000, seed=0)
     longer.update(c.regret([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1)))
+    mean = np.nanmean(truth, axis=1)
+    size = {"flops": [a["flops"] for a in sample],  # trivial baselines beside params
+            "depth": [sum(a["depths"]) for a in sample]}
+    for k, x in size.items():
+        p[k] = {**c.association(x, mean, n_boot=2000, seed=0), **c.regret(x, mean)}
     p = {"dnax": p["dnax"], "longer": longer, **{k: v for k, v in p.items() if k != "dnax"}}
     names = {"dnax": names["dnax"],
              "longer": f"DNA rating, block supernets trained {LONGER}x as long",
-             **{k: v for k, v in names.items() if k != "dnax"}}
+             **{k: v for k, v in names.items() if k != "dnax"},
+             "flops": "FLOPs (more = better; trivial baseline)",
+             "depth": "depth, total layers (more = better; trivial baseline)"}
     for k, name in names.items():
         if k in p:
             out.append(f"| {name} | {_ci(p[k]['kendall'])} | {_ci(p[k]['spearman'])} | "
@@ -1082,6 +1089,17 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
             out.append(f"- τ({label}) - τ(SPOS) = {_f(d['kendall'], '.2f')}, 95 % CI "
                        f"[{_f(d['ci'][0], '.2f')}, {_f(d['ci'][1], '.2f')}]; share of resamples "
                        f"with no advantage over SPOS: {_f(d['p'], '.3f')} (paired bootstrap)")
+    idx = c.resamples(len(sample), 2000, 0)
+    for label, g in (("DNA", -np.array([a["rating"] for a in sample])),
+                     (f"DNA, {LONGER}x longer supernets",
+                      -np.array([a["rating_longer"] for a in sample]))):
+        for k in ("params", "flops", "depth"):
+            x = np.array([a[k] for a in sample]) if k != "depth" else np.array(size["depth"])
+            diff = c.kendall_rows(g[idx], mean[idx]) - c.kendall_rows(x[idx], mean[idx])
+            d = c.kendall_rows(g[None], mean[None])[0] - c.kendall_rows(x[None], mean[None])[0]
+            ci = c.interval(diff, 0.95)
+            out.append(f"- τ({label}) - τ({k}) = {_f(d, '.2f')}, 95 % CI [{_f(ci[0], '.2f')}, "
+                       f"{_f(ci[1], '.2f')}] (paired bootstrap)")
     out += noise_lines(truth)
     pk = rep.get("partial_kendall")
     if pk:
@@ -1261,6 +1279,12 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
                       f"[{_f(rank['difference_longer']['ci'][0], '.2f')}, "
                       f"{_f(rank['difference_longer']['ci'][1], '.2f')}]"
                       if "difference_longer" in rank else "") + ".")
+        sizes = ", ".join(f"{k} {_f(rank['predictors'][k]['kendall']['value'], '.2f')}"
+                          for k in ("params", "flops", "depth") if k in rank["predictors"])
+        out.append(f"- Choosing by size alone: τ of {sizes}. This exploratory study cannot "
+                   "say that the search beats choosing by size: see the paired differences "
+                   "under the ranking table, and docs/reproduction/PROTOCOL.md for the "
+                   "confirmatory test.")
     for label in dict.fromkeys(f["label"] for f in blocks):
         group = [f for f in blocks if f["label"] == label]
         taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in group]
