@@ -17,12 +17,14 @@
 # Usage: .ci/device/run.sh [DIR] [OPTIONS of dnax bench all ...]
 #   DIR      bench.json, bench.md, console.txt and the parts' files (default: $OUT/bench, the
 #            device tool's folder that comes back, else runs/bench)
-#   OPTIONS  passed on to dnax bench all after `--deadline 160` (a later --deadline wins),
+#   OPTIONS  passed on to dnax bench all after `--deadline 200` (a later --deadline wins),
 #            e.g. --parts train,rank
 # Environment: PYTHON (default python3); DNAX_DEVICE_INSTALL=copy skips the pip build of dnax;
 #   DNAX_FASHION_MNIST: folder of Fashion-MNIST's four gzip files (default
 #   .ci/device/fashion-mnist, carried; else the Debian package's folder);
-#   DNAX_DEVICE_TESTS_S / _DATA_S / _BENCH_S: the steps' time limits (90, 45, 160 s).
+#   DNAX_DEVICE_TESTS_S / _DATA_S / _BENCH_S: the steps' time limits (60, 40, 200 s: 5 min);
+#   DNAX_DEVICE_PARTS: the parts of dnax bench all (digits,rank,paper-rank; paper-rank gets
+#   60 s and extrapolates); DNAX_DEVICE_DATA_ARGS: more options of dnax bench data.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
@@ -102,12 +104,14 @@ step() {  # step NAME COMMAND...: run it, its output into $out/NAME.txt, remembe
 }
 fmnist=${DNAX_FASHION_MNIST:-$repo/.ci/device/fashion-mnist}
 [ -d "$fmnist" ] || fmnist=/usr/share/datasets/fashion-mnist
-step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-90}" "$py" -m pytest -q -m cuda \
+# shellcheck disable=SC2086  # DNAX_DEVICE_DATA_ARGS: more options of dnax bench data
+step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-60}" "$py" -m pytest -q -m cuda \
   -p no:cacheprovider tests/test_cuda.py
-step bench-data timeout "${DNAX_DEVICE_DATA_S:-45}" "$py" -m dnax bench data \
-  --source "$fmnist" --output "$out/data.json"
-step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-160}" \
-  --pipeline docs/examples/digits.toml "$@"
+step bench-data timeout "${DNAX_DEVICE_DATA_S:-40}" "$py" -m dnax bench data \
+  --source "$fmnist" --output "$out/data.json" ${DNAX_DEVICE_DATA_ARGS:-}
+step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-200}" \
+  --pipeline docs/examples/digits.toml --parts "${DNAX_DEVICE_PARTS:-digits,rank,paper-rank}" \
+  --budget paper-rank=60 "$@"
 cat "$out/bench.md" 2>/dev/null || echo "(no bench.md)" >&2
 if [ ${#failed[@]} -gt 0 ]; then
   echo "device run FAILED: ${failed[*]}" >&2
