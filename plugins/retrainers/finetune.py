@@ -74,7 +74,7 @@ class FinetuneRetrainer(TimmRetrainer):
                                    "chosen cells, one stage per block (as the mbconv space's)")
         paths = {b.block: b.path for b in train.blocks}
         supernets = [load_supernet(ctx, paths[spec.index], spec).float() for spec in specs]
-        teacher = self._teacher(ctx).float()
+        teacher = self._load_teacher(ctx).float()
         model.eval()
         report = stitch(model, teacher, supernets, chosen, specs)
         for line in report.lines():
@@ -101,6 +101,8 @@ class FinetuneRetrainer(TimmRetrainer):
         with torch.no_grad():
             top1 = evaluate(model, val, ctx.device, None, ctx.dist)["top1"]
         ctx.log(f"finetune: stitched network before fine-tuning: top-1 {top1:.2f} %")
+        if self.config.distill == 0:
+            self._teacher_model = None  # not needed for fine-tuning on the labels alone
         self.stitch_report = report
         self.deviations = devs
         return {"stitched_top1": float(top1), "stitch_max_deviation": worst,

@@ -229,8 +229,12 @@ class TimmRetrainer(dnax.Retrainer):
             raise dnax.ConfigError(
                 f"$.retrainer.distill: the teacher predicts {result.num_classes} classes, the "
                 f"data has {ctx.plugins.data.num_classes}; set distill = 0")
+        return self._load_teacher(ctx)
+
+    def _load_teacher(self, ctx: dnax.StageContext) -> nn.Module:
+        """The prepared teacher network, loaded once per retrainer."""
         if getattr(self, "_teacher_model", None) is None:
-            self._teacher_model = ctx.plugins.teacher.load(ctx, result).eval()
+            self._teacher_model = ctx.plugins.teacher.load(ctx, ctx.results["teacher"]).eval()
         return self._teacher_model
 
     def _export(self, ctx: dnax.StageContext, selection: dnax.Selection, model: nn.Module,
