@@ -57,6 +57,10 @@ MUTATIONS = (
              "        prev = self.layout[spec.index - 1][0][1]",
              "        prev = self.layout[spec.index - 1][-1][1]",
              ("tests/test_space.py", "tests/test_builder.py")),
+    Mutation("distill-teacher-mode", "the distill trainer's teacher in train mode (its targets "
+             "from BatchNorm batch statistics)", "plugins/trainers/distill.py",
+             "        model = teacher.load(ctx, tres).eval()",
+             "        model = teacher.load(ctx, tres).train()", ("tests/test_distill.py",)),
     Mutation("teacher-train-mode", "the teacher left in train mode (BatchNorm batch statistics)",
              "plugins/teachers/efficientnet.py",
              "        return model.to(ctx.device).eval().requires_grad_(False)",

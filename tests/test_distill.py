@@ -359,3 +359,34 @@ def test_two_processes_train_under_ddp(tmp_path):
         assert any(not torch.equal(written[k], theirs[k]) for k in stats)
         # and the result is not what one process gets from its own batches
         assert any(not torch.allclose(written[k], alone[k]) for k in params)
+
+
+def test_targets_are_the_eval_mode_teachers_block_outputs(tmp_path, monkeypatch):
+    """The features a step trains on are the teacher's block outputs in eval mode (BatchNorm
+    running statistics), computed here stage by stage from its stored weights."""
+    seen = []
+    features = distill.DistillStep.features
+
+    def spy(self, images):
+        feats = features(self, images)
+        seen.append((images.clone(), [f.clone() for f in feats]))
+        return feats
+
+    monkeypatch.setattr(distill.DistillStep, "features", spy)
+    run = dnax.run_pipeline(pipeline(epochs=1, steps_per_epoch=2), tmp_path,
+                            registry=make_registry(), until="train")
+    teacher = tiny_model(seed=99)  # other initial weights: the stored ones must replace them
+    tensors, _ = run.run_dir.load_tensors(run.results["teacher"].weights, kind="teacher")
+    teacher.load_state_dict(tensors)
+    teacher.eval()
+    assert len(seen) == 2
+    for images, feats in seen:
+        with torch.no_grad():
+            x = teacher.bn1(teacher.conv_stem(images))
+            want = []
+            for stage in teacher.blocks:  # block i: input after stage i, output after i + 1
+                x = stage(x)
+                want.append(x)
+        assert len(feats) == len(want) == 4
+        for got, ref in zip(feats, want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
