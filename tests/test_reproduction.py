@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import itertools
@@ -178,16 +179,49 @@ def test_smoke_writes_every_raw_file(smoke):
     runs = _csv(results / "standalone.csv")
     names = [r["name"] for r in runs]
     assert len(names) == len(set(names))  # two processes, no run twice
-    want = {f"arch{a['id']:03d}-s{k}" for a in archs for k in range(s.seeds)}
-    want |= {f"{g}-s{k}" for g in ("teacher", "student") for k in range(s.seeds)}
+    # the pilot: the sample's first pilot_archs at each rung's E; then, at the decided E, the
+    # student, the matched architectures and the rest of the sample (no teacher, no random)
+    pilot = json.loads((results / "pilot.json").read_text())
+    decided = pilot["decision"]["epochs"]
+    rungs = [r["epochs"] for r in pilot["rungs"]]
+    assert rungs == list(s.epoch_ladder[:len(rungs)]) and decided == rungs[-1]
+    seeds = s.truth_seeds or range(s.seeds)
+    ids = {g: [a["id"] for a in archs if a["group"] == g] for g in ("sample", "matched")}
+    want = {f"arch{i:03d}-s{k}-e{e}" for i in ids["sample"][:s.pilot_archs] for k in seeds
+            for e in rungs}
+    want |= {f"arch{i:03d}-s{k}-e{decided}" for i in ids["sample"] + ids["matched"]
+             for k in seeds}
+    want |= {f"student-s{k}-e{decided}" for k in seeds}
     assert set(names) == want
     for r in runs:
         if r["id"]:
             assert int(r["params"]) == archs[int(r["id"])]["params"]
-        assert 0 <= float(r["top1"]) <= 100 and int(r["epochs"]) == s.standalone_epochs
+        assert 0 <= float(r["top1"]) <= 100
+        assert int(r["epochs"]) == int(r["name"].rsplit("-e", 1)[1])
+    # each rung's figures by hand from its rows (statistics, not numpy)
+    import math
+    import statistics
+
+    for rung in pilot["rungs"]:
+        top = [[float(next(r["top1"] for r in runs
+                            if r["name"] == f"arch{i:03d}-s{k}-e{rung['epochs']}"))
+                for k in seeds] for i in ids["sample"][:s.pilot_archs]]
+        seed_var = statistics.fmean(statistics.variance(t) for t in top)
+        arch_var = max(statistics.variance([statistics.fmean(t) for t in top])
+                       - seed_var / len(seeds), 0.0)
+        r1 = arch_var / (arch_var + seed_var) if arch_var + seed_var else 0.0
+        assert rung["r1"] == pytest.approx(r1, abs=1e-9)
+        assert rung["expected_tau"] == pytest.approx(2 / math.pi * math.asin(r1), abs=1e-9)
+        assert rung["met"] == (rung["expected_tau"] >= 0.6)
     student = json.loads((results / "search.json").read_text())["student"]
     assert {int(r["params"]) for r in runs if r["group"] == "student"} == {student["params"]}
-    assert student["params"] <= budget
+    search = json.loads((results / "search.json").read_text())
+    assert student["params"] <= search["budgets"]["params"] == int(s.budget_fraction * budget)
+    # matched: params within 5 % of the student's, by the trained networks' own counts
+    matched = [int(r["params"]) for r in runs if r["group"] == "matched"]
+    assert len(ids["matched"]) == s.matched_archs and matched
+    assert all(abs(m - student["params"]) <= 0.05 * student["params"] for m in matched)
+    assert not (results / "run" / "model").exists()  # with a pilot the search stops at select
 
     blocks = _csv(results / "blocks.csv")
     for b in range(3):
@@ -199,6 +233,7 @@ def test_smoke_writes_every_raw_file(smoke):
             assert (cand.cell, " ".join(map(str, cand.ops))) == (int(r["cell"]), r["ops"])
     spos = _csv(results / "spos.csv")
     assert sorted(int(r["id"]) for r in spos) == [a["id"] for a in archs]
+    assert {r["images"] for r in spos} == {"heldout"}  # never the truth's val images
 
 
 @needs_fashion
@@ -207,7 +242,8 @@ def test_table_figures_match_scipy_on_the_raw_files(smoke):
     spec = json.loads((results / "archs.json").read_text())
     scores = {(int(r["block"]), int(r["candidate"])): float(r["nmae"])
               for r in _csv(results / "scores.csv")}
-    runs = _csv(results / "standalone.csv")
+    decided = json.loads((results / "pilot.json").read_text())["decision"]["epochs"]
+    runs = [r for r in _csv(results / "standalone.csv") if int(r["epochs"]) == decided]
     spos = {int(r["id"]): float(r["top1"]) for r in _csv(results / "spos.csv")}
     sample = [a for a in spec["archs"] if a["group"] == "sample"]
     rating = [sum(scores[(b, i)] for b, i in enumerate(a["candidates"])) for a in sample]
@@ -238,6 +274,31 @@ def test_table_figures_match_scipy_on_the_raw_files(smoke):
                  if r["id"] == str(a["id"]) and r["seed"] == k] for k in ("0", "1")}
     ceiling = stats.kendalltau(seeds["0"], seeds["1"]).statistic
     assert f"| {ceiling:.2f} [" in row("noise ceiling")
+    assert f"| {ceiling:.2f} |" in row("single-seed noise ceiling")
+
+    # PROTOCOL.md's endpoints, by scipy: differences of τ-b and Kendall's partial τ
+    def tau(x):
+        return stats.kendalltau(x, truth).statistic
+
+    def value(name: str) -> float:
+        return float(re.findall(r"\| (-?\d+\.\d\d) \[", row(name))[0])
+
+    good = [-r for r in rating]
+    for name, x in (("primary 1", [a["flops"] for a in sample]),
+                    ("primary 2", [a["params"] for a in sample]),
+                    ("secondary: τ(DNA) - τ(depth)", [sum(a["depths"]) for a in sample])):
+        assert value(name) == pytest.approx(tau(good) - tau(x), abs=0.006)
+    params = [a["params"] for a in sample]
+    t_gp, t_tp = stats.kendalltau(good, params).statistic, tau(params)
+    with np.errstate(invalid="ignore", divide="ignore"):  # |τ| = 1 with 4 architectures
+        partial = (tau(good) - t_gp * t_tp) / np.sqrt((1 - t_gp ** 2) * (1 - t_tp ** 2))
+    if np.isfinite(partial):
+        assert value("primary 3") == pytest.approx(partial, abs=0.006)
+    else:
+        assert "| n/a [" in row("primary 3")
+    assert re.search(r"Verdict by PROTOCOL\.md's rule: \*\*(success|failure|inconclusive)\*\*",
+                     table)
+    assert all((results / f"scatter-{k}.png").read_bytes()[:4] == b"\x89PNG" for k in range(5))
     # seed noise by hand: two seeds, so each architecture's variance is (a - b)^2 / 2
     a, b = np.array(seeds["0"]), np.array(seeds["1"])
     pooled = np.sqrt(np.mean((a - b) ** 2 / 2))
@@ -326,3 +387,110 @@ def test_table_without_raw_files_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match=r"settings\.json: missing"):
         repro.main(["table", "--scale", "smoke", "--results", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
+
+
+# --- PROTOCOL.md's rules, by hand ---------------------------------------------------------------
+
+def test_pilot_rung_by_hand():
+    # per architecture (ddof 1): 2, 0, 2 -> seed variance 4/3; means 81, 85, 89 -> variance
+    # 16, less (4/3) / 2 seeds -> 46/3; r1 = (46/3) / (46/3 + 4/3) = 0.92
+    rung = repro.pilot_rung(np.array([[80, 82], [85, 85], [90, 88]]), [20.0, 30.0, 40.0], 10)
+    assert rung["s_seed"] == pytest.approx((4 / 3) ** 0.5)
+    assert rung["s_arch"] == pytest.approx((46 / 3) ** 0.5)
+    assert rung["r1"] == pytest.approx(0.92)
+    assert rung["expected_tau"] == pytest.approx(2 / np.pi * np.arcsin(0.92))
+    assert rung["seconds_per_epoch"] == pytest.approx(3.0)  # median 30 s over 10 epochs
+    assert rung["met"]
+    # the architectures' variance floored at 0: all the spread is the seeds'
+    flat = repro.pilot_rung(np.array([[80, 90], [90, 80], [85, 85]]), [1.0], 1)
+    assert flat["r1"] == 0.0 and flat["expected_tau"] == 0.0 and not flat["met"]
+
+
+def test_expected_seed_tau_matches_a_simulation():
+    """The rung's expected τ from simulated seeds (the architecture's effect with variance r1
+    plus seed noise with variance 1 - r1) against scipy's Kendall τ between the two seeds."""
+    rng = np.random.default_rng(0)
+    for r1 in (0.3, 0.809, 0.95):
+        arch = rng.normal(0, np.sqrt(r1), 40_000)
+        a, b = (arch + rng.normal(0, np.sqrt(1 - r1), 40_000) for _ in range(2))
+        rung = repro.pilot_rung(np.stack([a, b], 1), [1.0], 1)
+        assert rung["r1"] == pytest.approx(r1, abs=0.02)
+        assert rung["expected_tau"] == pytest.approx(stats.kendalltau(a, b).statistic,
+                                                     abs=0.015)
+
+
+def test_pilot_size_by_hand():
+    s = repro.SCALES["gpu"]  # pilot 8, matched 5, min 32, at most 96 architectures
+    rung = {"seconds_per_epoch": 2.0, "epochs": 10, "seeds": 3}  # 60 s per architecture
+    # 4 workers x 600 s = 40 architectures, + the pilot's 8, - the student and 5 matched = 42
+    assert repro.pilot_size(rung, s, 4, 600.0) == 42
+    assert repro.pilot_size(rung, s, 4, 300.0) is None  # 20 + 8 - 6 = 22 < 32
+    assert repro.pilot_size(rung, s, 64, 600.0) == 96  # capped at the sample drawn
+    assert repro.pilot_size(rung, s, 4, None) == 96  # no deadline
+    assert repro.pilot_size(rung, dataclasses.replace(s, archs=30), 4, None) is None
+
+
+@pytest.mark.parametrize(("e1", "e2", "want"), [
+    ((0.1, 0.02, 0.2), (0.2, 0.01, 0.3), "success"),
+    ((0.1, -0.02, 0.2), (0.2, 0.01, 0.3), "inconclusive"),
+    ((0.1, -0.02, 0.2), (0.2, -0.01, 0.3), "inconclusive"),
+    ((0.1, 0.02, 0.2), (-0.01, -0.2, 0.1), "failure"),  # a point estimate <= 0
+    ((0.0, -0.1, 0.1), (0.2, 0.1, 0.3), "failure"),
+    ((0.1, 0.05, 0.2), (-0.3, -0.5, -0.1), "failure"),  # an interval below 0
+])
+def test_verdict_follows_the_protocol(e1, e2, want):
+    def end(v):
+        return {"value": v[0], "ci": [v[1], v[2]]}
+
+    word, why = repro.verdict(end(e1), end(e2))
+    assert word == want
+    if want == "inconclusive":
+        assert why == ("τ(DNA) - τ(FLOPs)'s interval includes 0" if e2[1] > 0 else
+                       "τ(DNA) - τ(FLOPs)'s interval and τ(DNA) - τ(params)'s interval "
+                       "include 0")
+
+
+def test_student_vs_matched_by_hand():
+    # no spread within the student or within each matched architecture: every resample of the
+    # seeds gives the same means; the architectures' resamples spread the matched mean
+    got = repro.student_vs_matched([80.0, 80.0], [[70.0, 70.0], [74.0, 74.0]], n_boot=4000)
+    assert got["value"] == pytest.approx(80 - 72)
+    lo, hi = got["ci"]
+    assert lo == pytest.approx(80 - 74) and hi == pytest.approx(80 - 70)
+    same = repro.student_vs_matched([80.0, 80.0], [[75.0, 75.0]] * 3, n_boot=500)
+    assert same["ci"] == [pytest.approx(5.0), pytest.approx(5.0)]
+
+
+@needs_fashion
+def test_the_pilot_rule_stops_the_run_before_the_truth_runs(smoke, tmp_path, monkeypatch):
+    """A binding rule that cannot be met (more architectures needed than drawn): the pilot's
+    runs only, a decision that says why, and no step after the pilot."""
+    results, _, _ = smoke
+    scale = dataclasses.replace(repro.SCALES["smoke"], pilot_binding=True, epoch_ladder=(1,),
+                                min_archs=repro.SCALES["smoke"].archs + 1)
+    monkeypatch.setitem(repro.SCALES, "binding", scale)
+    work = tmp_path / "binding"
+    work.mkdir()
+    for name in ("archs.json", "search.json", "scores.csv"):
+        shutil.copy(results / name, work / name)
+    shutil.copytree(results / "run", work / "run")
+    steps = json.loads((results / "steps.json").read_text())
+    repro.write_json(work / "steps.json", {k: steps[k] for k in ("sample", "search")})
+    settings = {**json.loads((results / "settings.json").read_text()),
+                **json.loads(json.dumps(dataclasses.asdict(scale))), "scale": "binding"}
+    for k in ("workers", "minutes"):
+        settings.pop(k)
+    repro.write_json(work / "settings.json", settings)
+    shutil.copy(results / "pipeline.toml", work / "pipeline.toml")
+    out = _run(["--scale", "binding", "--results", str(work), "--threads", "1",
+                "--workers", "2"])
+    assert "the pilot's rule stopped the run before the truth runs" in out
+    decision = json.loads((work / "pilot.json").read_text())["decision"]
+    assert not decision["go"] and decision["reason"]
+    names = {r["name"] for r in _csv(work / "standalone.csv")}
+    sample = [a["id"] for a in json.loads((work / "archs.json").read_text())["archs"]
+              if a["group"] == "sample"][:scale.pilot_archs]
+    assert names == {f"arch{i:03d}-s{k}-e1" for i in sample for k in range(scale.seeds)}
+    steps = json.loads((work / "steps.json").read_text())
+    assert "finished" not in steps["pilot"]
+    assert not {"matched", "blocks", "spos", "standalone"} & set(steps)

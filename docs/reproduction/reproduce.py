@@ -5,21 +5,26 @@ Steps; each finished step is skipped, so rerunning the command resumes:
   sample      architectures stratified over the space (cell depths first, then ops), and random
               architectures under the teacher's parameter count -> archs.json
   search      a 28 px EfficientNet teacher, its block supernets, every candidate scored, the best
-              student under the teacher's parameter count selected and retrained (dnax pipeline)
-              -> search.json, scores.csv
+              student under the budget selected (and, without a pilot, retrained) (dnax
+              pipeline) -> search.json, scores.csv
+  pilot       (gpu, smoke) PROTOCOL.md's rule: the sample's first architectures x the seeds at
+              each E of the ladder until the expected seed-vs-seed τ reaches 0.6; then n from
+              the time left, or the run stops before the truth runs -> pilot.json
+  matched     (gpu, smoke) random architectures within ±5 % of the student's params -> archs.json
   blocks      per block, candidates across cells trained alone against cached teacher features,
               scored like the supernet -> blocks.csv
   longer      the block supernets trained 3x as long (the same teacher), every candidate scored
               again -> scores-longer.csv
   spos        SPOS baseline: one whole-network supernet, uniform single paths, cross-entropy;
-              every architecture's path after BatchNorm recalibration -> spos.csv
-  standalone  every architecture trained from scratch with one recipe, 2 seeds; also the teacher,
-              the student and the random architectures under the budget -> standalone.csv
+              every architecture's path after BatchNorm recalibration, scored on held-out images
+              (val at the cpu scale, as it was run) -> spos.csv
+  standalone  every architecture trained from scratch with one recipe and the scale's seeds;
+              also the student and the random (cpu: and the teacher) -> standalone.csv
   table       RESULTS.md from the raw files only (rerunning it gives the same file)
 
     python docs/reproduction/reproduce.py                  # --scale cpu: every step, 2 workers
-    python docs/reproduction/reproduce.py --scale smoke    # a minute: checks the machinery
-    python docs/reproduction/reproduce.py --scale gpu      # one GPU, within 5 minutes
+    python docs/reproduction/reproduce.py --scale smoke    # two minutes: checks the machinery
+    python docs/reproduction/reproduce.py --scale gpu      # PROTOCOL.md, on one GPU
     python docs/reproduction/reproduce.py table            # the table again
 """
 
@@ -40,7 +45,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +60,14 @@ from dnax.plugins.toolkit.training import network_flops, num_params
 from dnax.rundir import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("sample", "search", "blocks", "longer", "spos", "standalone", "table")
+STEPS = ("sample", "search", "pilot", "matched", "blocks", "longer", "spos", "standalone",
+         "table")
 #: the ``longer`` step trains the block supernets this many times as long as ``search`` does
 LONGER = 3
 #: Fashion-MNIST's own size: no resizing
 RESOLUTION = 28
+#: the fashion_mnist source's train split: 60,000 less its 10 % held out
+TRAIN_IMAGES = 54_000
 
 #: stem 3x3 stride 2 (28 -> 14 px), one fixed depthwise stage, then three searched blocks on
 #: 14x14, 7x7 and 7x7 maps, where kernels 3, 5 and 7 see different amounts of the image
@@ -81,16 +89,17 @@ LR, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP = 0.004, 0.05, 0.1, 1
 
 @dataclass(frozen=True)
 class Scale:
-    """How much data, how many networks and epochs each step gets."""
+    """How much data, how many networks and epochs each step gets. The fields after ``minutes``
+    are PROTOCOL.md's (the confirmatory gpu scale); their defaults are the exploratory study's."""
 
     limit: int | None  # images per split (train, heldout, val); None: all of them
     batch_size: int
     teacher_epochs: int  # the teacher the blocks are distilled from
     distill_epochs: int
-    rank_batches: int  # held-out batches of 64 every candidate is scored on
-    archs: int  # stratified sample
+    rank_batches: int  # held-out batches (of rank_batch) every candidate is scored on
+    archs: int  # stratified sample (with a pilot: the most the run may train)
     seeds: int  # stand-alone runs per architecture
-    standalone_epochs: int  # every network trained from scratch: sample, teacher, student, random
+    standalone_epochs: int  # every network trained from scratch (with a pilot: its first E)
     random_archs: int  # random architectures under the teacher's parameter count
     spos_epochs: int
     recal_batches: int  # train batches that recalibrate BatchNorm per SPOS path
@@ -99,22 +108,49 @@ class Scale:
     block_images: int  # train images (teacher features cached) for the stand-alone blocks
     workers: int  # processes training stand-alone networks side by side
     minutes: float | None  # deadline: counts shrink rather than overrun
+    sample_seed: int | None = None  # the sample's draw (None: --seed)
+    truth_seeds: tuple[int, ...] = ()  # the stand-alone runs' seeds (empty: --seed onwards)
+    ema_decay: float = 0.0  # EMA of the stand-alone runs' weights (evaluated when > 0)
+    spos_split: str = "val"  # the images SPOS's paths are scored on
+    longer: bool = True  # the ``longer`` step (supernets trained LONGER x as long)
+    budget_fraction: float = 1.0  # the student's params budget, a fraction of the teacher's
+    matched_archs: int = 0  # random architectures within MATCHED of the student's params
+    pilot_archs: int = 0  # the pilot: the sample's first ones x the seeds (0: no pilot)
+    epoch_ladder: tuple[int, ...] = ()  # the pilot's E, tried in turn
+    min_archs: int = 0  # the pilot's smallest n
+    pilot_binding: bool = True  # False: the rule is reported, never stops the run (smoke)
+    n_boot: int = 2_000  # bootstrap resamples of the ranking figures
+    rank_batch: int = 64  # images per held-out scoring batch
 
+
+#: a matched random architecture's params lie within this fraction of the student's
+MATCHED = 0.05
+#: the pilot's goal: the expected seed-vs-seed Kendall τ (2/π) arcsin(r1) >= 0.6
+CEILING_GOAL = 0.6
 
 SCALES = {
-    "smoke": Scale(limit=256, batch_size=32, teacher_epochs=1, distill_epochs=1, rank_batches=2,
+    "smoke": Scale(limit=256, batch_size=32, teacher_epochs=1, distill_epochs=1, rank_batches=1,
                    archs=4, seeds=2, standalone_epochs=1, random_archs=2, spos_epochs=1,
                    recal_batches=2, block_candidates=3, block_epochs=1, block_images=128,
-                   workers=2, minutes=None),
+                   workers=2, minutes=None, ema_decay=0.9, spos_split="heldout",
+                   budget_fraction=0.5, matched_archs=2, pilot_archs=3, epoch_ladder=(1, 2),
+                   min_archs=3, pilot_binding=False, n_boot=1_000, rank_batch=32),
     "cpu": Scale(limit=6_000, batch_size=64, teacher_epochs=10, distill_epochs=3,
                  rank_batches=16, archs=32, seeds=2, standalone_epochs=3, random_archs=5,
                  spos_epochs=20, recal_batches=4, block_candidates=24, block_epochs=3,
                  block_images=3_000, workers=2, minutes=115.0),
-    "gpu": Scale(limit=None, batch_size=256, teacher_epochs=8, distill_epochs=4,
-                 rank_batches=16, archs=48, seeds=2, standalone_epochs=4, random_archs=6,
-                 spos_epochs=6, recal_batches=4, block_candidates=30, block_epochs=4,
-                 block_images=20_000, workers=4, minutes=4.5),
+    # PROTOCOL.md: fresh sample and seeds, 20 distillation epochs, the truth on all images with
+    # EMA and 3 seeds, n >= 32 sized by the pilot, SPOS on held-out images, a binding budget
+    "gpu": Scale(limit=None, batch_size=256, teacher_epochs=8, distill_epochs=20,
+                 rank_batches=16, archs=96, seeds=3, standalone_epochs=10, random_archs=0,
+                 spos_epochs=20, recal_batches=4, block_candidates=30, block_epochs=4,
+                 block_images=20_000, workers=8, minutes=6.0, sample_seed=20261204,
+                 truth_seeds=(101, 102, 103), ema_decay=0.999, spos_split="heldout",
+                 longer=False, budget_fraction=0.5, matched_archs=5, pilot_archs=8,
+                 epoch_ladder=(10, 15, 20, 30), min_archs=32, n_boot=10_000),
 }
+#: the default --seed per scale (PROTOCOL.md: the gpu scale's search seed is 7)
+SEARCH_SEED = {"gpu": 7}
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -186,13 +222,16 @@ class Experiment:
     """The results folder of one scale: settings, raw files, each step's wall time, deadline."""
 
     RAW = ("settings.json", "steps.json", "archs.json", "search.json", "scores.csv",
-           "blocks.csv", "scores-longer.csv", "spos.csv", "standalone.csv")
+           "blocks.csv", "scores-longer.csv", "spos.csv", "standalone.csv", "pilot.json")
+    #: raw files a scale may leave out (``longer`` off, no pilot)
+    OPTIONAL = ("scores-longer.csv", "pilot.json")
 
     def __init__(self, root: Path, scale: str, seed: int = 0, device: str = "auto",
                  threads: int = 0, deadline: float | None = None):
         self.root, self.scale_name, self.seed = Path(root), scale, seed
         self.scale, self.device, self.threads = SCALES[scale], device, threads
         self.deadline = deadline  # time.time() after which no new unit of work starts
+        self.workers: int | None = None  # processes in the pool (None: the scale's)
         self.pipeline_toml = self.root / "pipeline.toml"
         self.run_dir = self.root / "run"
         self.files = {name: self.root / name for name in self.RAW}
@@ -203,15 +242,23 @@ class Experiment:
                 **asdict(self.scale)}
         for k in ("workers", "minutes"):  # how the work is run, not what it measures
             want.pop(k)
+        want = json.loads(json.dumps(want))  # tuples as JSON lists
         path = self.files["settings.json"]
         if path.exists():
-            have = read_json(path)
+            # a folder made before a field existed was made with its default
+            have = {**json.loads(json.dumps({f.name: f.default for f in fields(Scale)
+                                             if f.default is not MISSING})), **read_json(path)}
             if have != want:
                 diff = sorted(k for k in want if have.get(k) != want[k])
                 raise SystemExit(f"{path}: made with other settings ({', '.join(diff)}); use "
                                  "another --results folder")
         elif write:
             write_json(path, want)
+
+    @property
+    def truth_seeds(self) -> list[int]:
+        """The stand-alone runs' seeds."""
+        return list(self.scale.truth_seeds) or list(range(self.seed, self.seed + self.scale.seeds))
 
     def steps(self) -> dict[str, Any]:
         path = self.files["steps.json"]
@@ -332,7 +379,7 @@ def retrain_recipe(exp: Experiment) -> dict[str, Any]:
     return {"plugin": "timm", "recipe": "quick", "epochs": exp.scale.standalone_epochs,
             "batch_size": exp.scale.batch_size, "lr": LR, "weight_decay": WEIGHT_DECAY,
             "warmup_epochs": WARMUP, "label_smoothing": LABEL_SMOOTHING, "drop_rate": 0.0,
-            "drop_path_rate": 0.0, "ema_decay": 0.0}
+            "drop_path_rate": 0.0, "ema_decay": exp.scale.ema_decay}
 
 
 def pipeline(exp: Experiment) -> dict[str, Any]:
@@ -358,9 +405,11 @@ def pipeline(exp: Experiment) -> dict[str, Any]:
                              for _ in TEACHER_ARCH[1:]]},
         "trainer": {"plugin": "distill", "epochs": s.distill_epochs,
                     "batch_size": s.batch_size},
-        "evaluator": {"plugin": "prefix", "batches": s.rank_batches, "batch_size": 64},
+        "evaluator": {"plugin": "prefix", "batches": s.rank_batches,
+                      "batch_size": s.rank_batch},
         "costs": [{"plugin": "params"}, {"plugin": "flops"}],
-        "selector": {"plugin": "exact", "key": "nmae", "budgets": {"params": teacher_params()}},
+        "selector": {"plugin": "exact", "key": "nmae",
+                     "budgets": {"params": int(s.budget_fraction * teacher_params())}},
         "retrainer": retrain_recipe(exp),
     }
 
@@ -407,7 +456,8 @@ def step_sample(exp: Experiment, state: dict[str, Any]) -> None:
     space, blocks = plugins.space, space_blocks(plugins)
     index = [candidate_index(space, b) for b in blocks]
     n_ops = len(space.cells(blocks[0])[0].ops)
-    rng = np.random.default_rng([exp.seed, 16])
+    seed = exp.seed if exp.scale.sample_seed is None else exp.scale.sample_seed
+    rng = np.random.default_rng([seed, 16])
     budget = teacher_params()
     archs: list[dict[str, Any]] = []
     seen: set[tuple[int, ...]] = set()
@@ -435,7 +485,7 @@ def step_sample(exp: Experiment, state: dict[str, Any]) -> None:
             cell, ops = list(idx)[int(rng.integers(len(idx)))]
             picks.append((cell, ops))
         add("random", picks)
-    write_json(exp.files["archs.json"], {"seed": exp.seed, "budget": {"params": budget},
+    write_json(exp.files["archs.json"], {"seed": seed, "budget": {"params": budget},
                                          "model_kwargs": space.model_kwargs(), "archs": archs})
     sample = [a for a in archs if a["group"] == "sample"]
     say("sample", f"{len(sample)} stratified architectures, {min(a['params'] for a in sample):,} "
@@ -462,9 +512,12 @@ def write_scores(run: dnax.Run, path: Path) -> None:
 def step_search(exp: Experiment, state: dict[str, Any]) -> None:
     configured(exp)  # writes pipeline.toml
     say("search", f"teacher: {teacher_params():,} params; pipeline {exp.pipeline_toml}")
-    run = dnax.run_pipeline(exp.pipeline_toml, exp.run_dir, registry=registry("search"))
+    until = "select" if exp.scale.pilot_archs else None  # the pool trains the student
+    run = dnax.run_pipeline(exp.pipeline_toml, exp.run_dir, registry=registry("search"),
+                            until=until)
     t, sel = run.results["teacher"], run.selection
-    student = run.results["retrain"].metrics
+    student = (run.results["retrain"].metrics if until is None else
+               {"top1": None, "params": sel.costs["params"], "flops": sel.costs["flops"]})
     write_scores(run, exp.files["scores.csv"])
     write_json(exp.files["search.json"], {
         "teacher": {"top1": t.metrics["top1"], "params": t.metrics["params"],
@@ -483,7 +536,8 @@ def step_search(exp: Experiment, state: dict[str, Any]) -> None:
         "stages": run.report["stages"] if run.report else {},
     })
     say("search", f"teacher top-1 {t.metrics['top1']:.2f} % ({exp.scale.teacher_epochs} "
-                  f"epochs), student {student['params']:,.0f} params")
+                  f"epochs), student {student['params']:,.0f} params (budget "
+                  f"{sel.budgets['params']:,.0f})")
 
 
 # --- step: blocks -----------------------------------------------------------------------------
@@ -583,7 +637,8 @@ def step_blocks(exp: Experiment, state: dict[str, Any]) -> None:
     train_idx = np.random.default_rng([exp.seed, 32]).permutation(
         len(plugins.data.dataset("train", ctx.data_config)))[:s.block_images]
     train = teacher_features(ctx, teacher, "train", train_idx.tolist())
-    score = teacher_features(ctx, teacher, "heldout", scoring_images(ctx, s.rank_batches, 64))
+    score = teacher_features(ctx, teacher, "heldout",
+                             scoring_images(ctx, s.rank_batches, s.rank_batch))
     del teacher
     rows = read_csv(exp.files["blocks.csv"])
     done = {(int(r["block"]), int(r["candidate"])) for r in rows}
@@ -627,6 +682,8 @@ def step_longer(exp: Experiment, state: dict[str, Any]) -> None:
 
     import tomli_w
 
+    if not exp.scale.longer:
+        return
     folder = exp.root / "run-longer"
     if not (folder / "stages" / "teacher.json").exists():
         shutil.rmtree(folder, ignore_errors=True)
@@ -717,7 +774,7 @@ def recalibrated_top1(model: SPOSNet, path: SubnetPath, recal: Sequence[torch.Te
     return 100.0 * hits / max(total, 1)
 
 
-SPOS = ("id", "top1", "recal_batches")
+SPOS = ("id", "top1", "recal_batches", "images")
 SPOS_STATE, SPOS_WEIGHTS = "resume.pt", "supernet.safetensors"
 
 
@@ -791,17 +848,159 @@ def step_spos(exp: Experiment, state: dict[str, Any]) -> None:
     done = {int(r["id"]) for r in rows}
     loader = ctx.loader("train", exp.scale.batch_size, shuffle=True)
     recal = [x for _, (x, _) in zip(range(exp.scale.recal_batches), loader, strict=False)]
-    val = ctx.loader("val", 256)
+    val = ctx.loader(exp.scale.spos_split, 256)  # PROTOCOL.md: held-out, never the truth's
     for arch in spec["archs"]:
         if arch["id"] in done:
             continue
         model.load_state_dict(weights)
         path = list(zip(arch["cells"], arch["ops"], strict=True))
         top1 = recalibrated_top1(model, path, recal, val, ctx.device)
-        rows.append({"id": arch["id"], "top1": f"{top1:.4f}", "recal_batches": len(recal)})
+        rows.append({"id": arch["id"], "top1": f"{top1:.4f}", "recal_batches": len(recal),
+                     "images": exp.scale.spos_split})
         write_csv(exp.files["spos.csv"], rows, SPOS)
         say("spos", f"arch {len(rows)}/{len(spec['archs'])} (id {arch['id']}): "
                     f"top-1 {top1:.2f} %")
+
+
+# --- step: pilot (PROTOCOL.md's rule: E and n before the truth runs) ------------------------
+
+def pilot_rung(top1: np.ndarray, seconds: Sequence[float], epochs: int) -> dict[str, Any]:
+    """One rung of the pilot from its runs' top-1 (architectures x seeds) and wall times:
+    the pooled seed SD, the architectures' SD (var(means) - s_seed² / seeds, floored at 0), the
+    single-run reliability r1, the expected seed-vs-seed Kendall τ (2/π) arcsin(r1) and the wall
+    time per network-epoch."""
+    top1 = np.asarray(top1, dtype=np.float64)
+    k = top1.shape[1]
+    seed_var = float(top1.var(axis=1, ddof=1).mean())
+    arch_var = max(float(top1.mean(axis=1).var(ddof=1)) - seed_var / k, 0.0)
+    r1 = arch_var / (arch_var + seed_var) if arch_var + seed_var > 0 else 0.0
+    expected = 2 / math.pi * math.asin(r1)
+    return {"epochs": epochs, "archs": len(top1), "seeds": k, "s_seed": math.sqrt(seed_var),
+            "s_arch": math.sqrt(arch_var), "r1": r1, "expected_tau": expected,
+            "seconds_per_epoch": float(np.median(seconds)) / epochs,
+            "met": expected >= CEILING_GOAL}
+
+
+def pilot_size(rung: Mapping[str, Any], scale: Scale, workers: int,
+               time_left: float | None) -> int | None:
+    """PROTOCOL.md's n: the most architectures (at most ``scale.archs``; the pilot's are
+    trained) whose truth runs, with the student's and the matched ones', fit ``time_left``
+    seconds on ``workers`` processes; None when fewer than ``scale.min_archs`` fit."""
+    if time_left is None:
+        return scale.archs if scale.archs >= scale.min_archs else None
+    per_arch = rung["seconds_per_epoch"] * rung["epochs"] * rung["seeds"]
+    fit = scale.pilot_archs + math.floor(workers * max(time_left, 0.0) / per_arch)
+    n = min(fit - 1 - scale.matched_archs, scale.archs)  # the student and the matched ones
+    return n if n >= scale.min_archs else None
+
+
+def pilot_state(exp: Experiment) -> dict[str, Any]:
+    path = exp.files["pilot.json"]
+    return read_json(path) if path.exists() else {"rungs": [], "decision": None}
+
+
+def pilot_epochs(exp: Experiment) -> int | None:
+    """The E the pool trains at now: the decided one, the rung being measured, or None when
+    the rule has stopped the run."""
+    st = pilot_state(exp)
+    if st["decision"] is not None:
+        return st["decision"]["epochs"] if st["decision"]["go"] else None
+    rungs = len(st["rungs"])
+    return exp.scale.epoch_ladder[rungs] if rungs < len(exp.scale.epoch_ladder) else None
+
+
+def step_pilot(exp: Experiment, state: dict[str, Any]) -> None:
+    """Train the pilot's runs (beside the workers), measure each rung, and decide E and n;
+    a run whose goal no rung meets, or where n < min_archs fits, stops before the truth runs
+    (smoke: the rule is reported and the run goes on at the last rung, to check the rest)."""
+    s = exp.scale
+    if not s.pilot_archs:
+        return
+    st = pilot_state(exp)
+    while st["decision"] is None:
+        epochs = pilot_epochs(exp)
+        assert epochs is not None
+        pool(exp, state, "pilot", only={t.name for t in tasks(exp) if t.group == "sample"})
+        if state["cut"]:
+            return
+        sample = [a["id"] for a in read_json(exp.files["archs.json"])["archs"]
+                  if a["group"] == "sample"][:s.pilot_archs]
+        rows = {(int(r["id"]), int(r["seed"])): r for r in read_csv(exp.files["standalone.csv"])
+                if r["id"] and int(r["epochs"]) == epochs and int(r["id"]) in sample}
+        seeds = exp.truth_seeds
+        top1 = [[float(rows[(a, k)]["top1"]) for k in seeds] for a in sample]
+        rung = pilot_rung(np.array(top1), [float(r["train_seconds"]) for r in rows.values()],
+                          epochs)
+        st["rungs"].append(rung)
+        say("pilot", f"E = {epochs}: seed SD {rung['s_seed']:.2f}, architectures' SD "
+                     f"{rung['s_arch']:.2f}, r1 {rung['r1']:.3f}, expected seed-vs-seed τ "
+                     f"{rung['expected_tau']:.2f} (goal {CEILING_GOAL}), "
+                     f"{rung['seconds_per_epoch']:.1f} s per network-epoch")
+        last = len(st["rungs"]) == len(s.epoch_ladder)
+        if rung["met"] or last:
+            left = None if exp.deadline is None else exp.deadline - time.time()
+            workers = s.workers if exp.workers is None else exp.workers
+            n = pilot_size(rung, s, workers, left)
+            go = rung["met"] and n is not None
+            reason = ("" if go else "no E on the ladder reaches the goal" if not rung["met"]
+                      else f"fewer than {s.min_archs} architectures fit the time left")
+            st["decision"] = {"go": go or not s.pilot_binding, "met": go, "epochs": epochs,
+                              "n": n if n is not None else s.min_archs, "reason": reason,
+                              "time_left": left, "workers": workers}
+            say("pilot", f"E = {epochs}, n = {st['decision']['n']}" if go else
+                f"the rule stops the run: {reason}" + ("" if s.pilot_binding else
+                                                       " (smoke: going on regardless)"))
+        write_json(exp.files["pilot.json"], st)
+    if not st["decision"]["go"]:
+        state["cut"] = True
+
+
+# --- step: matched (random architectures the student's size) ----------------------------------
+
+def step_matched(exp: Experiment, state: dict[str, Any]) -> None:
+    """``matched_archs`` architectures drawn uniformly from the space and kept when their params
+    lie within MATCHED of the student's (the ranking's cost tables filter, timm's count
+    decides) -> archs.json, group ``matched``."""
+    from dnax.correlate import network_costs
+
+    s = exp.scale
+    spec = read_json(exp.files["archs.json"])
+    if not s.matched_archs or any(a["group"] == "matched" for a in spec["archs"]):
+        return
+    _, plugins = configured(exp)
+    space, blocks = plugins.space, space_blocks(plugins)
+    index = [candidate_index(space, b) for b in blocks]
+    student = read_json(exp.files["search.json"])["student"]
+    target = float(student["params"])
+    run = dnax.load_run(exp.run_dir)
+    rankings = run.rankings()
+    rng = np.random.default_rng([spec["seed"], 48])
+    seen = {tuple(a["candidates"]) for a in spec["archs"]} | {tuple(student["candidates"])}
+    found: list[dict[str, Any]] = []
+    for _ in range(100):  # rounds of 20,000 uniform draws
+        draws = np.stack([rng.integers(len(r.candidates), size=20_000) for r in rankings], 1)
+        params = network_costs(rankings, draws, "params", run.fixed_costs["params"])
+        for row in draws[np.abs(params - target) <= MATCHED * target]:
+            key = tuple(int(i) for i in row)
+            if key in seen:
+                continue
+            seen.add(key)
+            cands = [space.candidates(b)[i] for b, i in zip(blocks, key, strict=True)]
+            arch = network(space, blocks, index, [(c.cell, tuple(c.ops)) for c in cands])
+            if abs(arch["params"] - target) <= MATCHED * target:  # timm's count decides
+                found.append(arch)
+            if len(found) == s.matched_archs:
+                break
+        if len(found) == s.matched_archs:
+            break
+    else:
+        raise SystemExit(f"matched: only {len(found)} architectures within "
+                         f"{MATCHED:.0%} of the student's {target:,.0f} params in 2,000,000 draws")
+    n = len(spec["archs"])
+    spec["archs"] += [{"id": n + k, "group": "matched", **a} for k, a in enumerate(found)]
+    write_json(exp.files["archs.json"], spec)
+    say("matched", f"{len(found)} random architectures of {min(a['params'] for a in found):,} "
+                   f"to {max(a['params'] for a in found):,} params (student {target:,.0f})")
 
 
 # --- step: standalone (a pool of training runs, shared by worker processes) -------------------
@@ -814,25 +1013,46 @@ STANDALONE = ("name", "group", "id", "seed", "top1", "top5", "params", "flops", 
 class Task:
     """One network trained from scratch with one seed."""
 
-    name: str  # folder and row name: archNNN-sK, teacher-sK, student-sK
-    group: str  # sample, random, teacher, student
+    name: str  # folder and row name: archNNN-sK, teacher-sK, student-sK (with a pilot: -eE)
+    group: str  # sample, random, matched, teacher, student
     id: int | None  # the architecture's id in archs.json
     seed: int
+    epochs: int | None = None  # None: the scale's standalone_epochs
 
 
 def tasks(exp: Experiment) -> list[Task]:
     """Every stand-alone run, most needed first: half the sample, the networks at the teacher's
-    budget (teacher, random, student), the other half (a deadline cuts the end of this list)."""
+    budget (teacher, random, student), the other half (a deadline cuts the end of this list).
+    With a pilot: the pilot's runs at the rung's E; once E and n are decided, the student, the
+    matched architectures, then the sample's first n; none when the rule has stopped the run."""
     archs = read_json(exp.files["archs.json"])["archs"]
-    seeds = range(exp.seed, exp.seed + exp.scale.seeds)
+    seeds = exp.truth_seeds
+    s = exp.scale
+    if s.pilot_archs:
+        epochs = pilot_epochs(exp)
+        if epochs is None:
+            return []
+        decision = pilot_state(exp)["decision"]
+
+        def at(group: str, ids: Sequence[int | None]) -> list[Task]:
+            name = "student" if group == "student" else "arch{:03d}"
+            return [Task(f"{name.format(i)}-s{k}-e{epochs}", group, i, k, epochs)
+                    for i in ids for k in seeds]
+
+        sample = [a["id"] for a in archs if a["group"] == "sample"]
+        if decision is None:
+            return at("sample", sample[:s.pilot_archs])
+        matched = [a["id"] for a in archs if a["group"] == "matched"]
+        return [*at("sample", sample[:s.pilot_archs]), *at("student", [None]),
+                *at("matched", matched), *at("sample", sample[s.pilot_archs:decision["n"]])]
 
     def of(group: str) -> list[Task]:
-        return [Task(f"arch{a['id']:03d}-s{s}", group, a["id"], s)
-                for a in archs if a["group"] == group for s in seeds]
+        return [Task(f"arch{a['id']:03d}-s{k}", group, a["id"], k)
+                for a in archs if a["group"] == group for k in seeds]
 
     sample = of("sample")
-    half = len(sample) // 2 // exp.scale.seeds * exp.scale.seeds
-    fixed = [Task(f"{g}-s{s}", g, None, s) for g in ("teacher", "student") for s in seeds]
+    half = len(sample) // 2 // s.seeds * s.seeds
+    fixed = [Task(f"{g}-s{k}", g, None, k) for g in ("teacher", "student") for k in seeds]
     return [*sample[:half], fixed[0], *of("random"), *fixed[1:], *sample[half:]]
 
 
@@ -887,31 +1107,41 @@ def train_one(exp: Experiment, task: Task, config: Any, plugins: Any,
     from dnax.plugins.retrainers.export import load_meta
     from dnax.plugins.retrainers.timm_retrainer import TimmRetrainer
 
-    if task.group == "student" and task.seed == exp.seed:
+    if task.group == "student" and task.seed == exp.seed and not exp.scale.pilot_archs:
         return load_meta(exp.run_dir / "model")["metrics"]
     folder = exp.root / "standalone" / task.name
     if (folder / "model" / "model.json").exists():  # trained, killed before its row
         return load_meta(folder / "model")["metrics"]
     recipe = attrs.evolve(config.section("retrainer").config, onnx=False)
+    if task.epochs is not None:
+        recipe = attrs.evolve(recipe, epochs=task.epochs)
     ctx = context("standalone", config, plugins, folder, seed=task.seed)
     return TimmRetrainer(recipe).retrain(ctx, selection).metrics
 
 
-def pool(exp: Experiment, state: dict[str, Any], who: str) -> None:
+def pool(exp: Experiment, state: dict[str, Any], who: str,
+         only: set[str] | None = None) -> None:
     """Train unclaimed tasks until none is left (or the deadline); rows are appended as each
-    run finishes, so any number of processes can share the list."""
+    run finishes, so any number of processes can share the list. ``only``: return once these
+    runs are done (the pilot's rung). A worker (``who`` starts with "pool") waits while tasks
+    it cannot take yet may still come: the student before the search, the truth runs before
+    the pilot's decision."""
     config, plugins = configured(exp)
-    spec = read_json(exp.files["archs.json"])
-    archs = {a["id"]: a for a in spec["archs"]}
-    todo = tasks(exp)
+    parent = os.getppid()
     while True:
+        spec = read_json(exp.files["archs.json"])
+        archs = {a["id"]: a for a in spec["archs"]}
+        todo = tasks(exp)
         rows = read_csv(exp.files["standalone.csv"])
         done = {r["name"] for r in rows}
-        pending = [t for t in todo if t.name not in done]
-        if not pending:
+        pending = [t for t in todo if t.name not in done and (only is None or t.name in only)]
+        waiting = who.startswith("pool") and os.getppid() == parent and more_to_come(exp)
+        if not pending and not (waiting and only is None):
             return
-        took = [float(r["seconds"]) for r in rows if r["group"] != "student"]
-        if not exp.time_left(float(np.median(took)) if took else 0.0):
+        took = [float(r["seconds"]) / int(r["epochs"]) for r in rows if r["group"] != "student"]
+        need = float(np.median(took)) * (pending[0].epochs or exp.scale.standalone_epochs) \
+            if took and pending else 0.0
+        if not exp.time_left(need):
             state["cut"] = True
             say(who, f"deadline: {len(done)} of {len(todo)} runs finished")
             return
@@ -922,7 +1152,10 @@ def pool(exp: Experiment, state: dict[str, Any], who: str) -> None:
                 task = t
                 break
         if task is None:
-            return  # the rest is claimed by live processes or waits for the search
+            if not (waiting or only is not None):
+                return  # the rest is claimed by live processes
+            time.sleep(1.0)  # claimed runs of the rung, or work still to come
+            continue
         t0 = time.perf_counter()
         m = train_one(exp, task, config, plugins, selection)
         if task.id is not None and m["params"] != archs[task.id]["params"]:
@@ -936,6 +1169,17 @@ def pool(exp: Experiment, state: dict[str, Any], who: str) -> None:
             "seconds": f"{time.perf_counter() - t0:.1f}"}, STANDALONE)
         say(who, f"{task.name} ({task.group}): top-1 {m['top1']:.2f} %, {m['params']:,.0f} "
                  f"params ({time.perf_counter() - t0:.0f} s)")
+
+
+def more_to_come(exp: Experiment) -> bool:
+    """Whether runs may still be added to the task list: the student's before the search; with
+    a pilot, the truth runs before its decision and the matched ones before their step."""
+    if not exp.scale.pilot_archs:
+        return not exp.finished("search")
+    decision = pilot_state(exp)["decision"]
+    if decision is not None and not decision["go"]:
+        return False
+    return decision is None or not (exp.finished("search") and exp.finished("matched"))
 
 
 def step_standalone(exp: Experiment, state: dict[str, Any]) -> None:
@@ -990,7 +1234,7 @@ class Raw:
 
     def __init__(self, exp: Experiment):
         for name in Experiment.RAW:
-            if not exp.files[name].exists():
+            if not exp.files[name].exists() and name not in Experiment.OPTIONAL:
                 raise SystemExit(f"{exp.files[name]}: missing; run the steps before `table`")
         f = exp.files
         self.settings, self.steps = read_json(f["settings.json"]), read_json(f["steps.json"])
@@ -999,10 +1243,16 @@ class Raw:
         self.budget = spec["budget"]["params"]
         self.scores = {(int(r["block"]), int(r["candidate"])): r for r in read_csv(f["scores.csv"])}
         self.longer = {(int(r["block"]), int(r["candidate"])): r
-                       for r in read_csv(f["scores-longer.csv"])}
+                       for r in read_csv(f["scores-longer.csv"])}  # {} when not made
+        self.pilot = read_json(f["pilot.json"]) if f["pilot.json"].exists() else None
         self.blocks = read_csv(f["blocks.csv"])
         self.spos = {int(r["id"]): float(r["top1"]) for r in read_csv(f["spos.csv"])}
-        self.runs = read_csv(f["standalone.csv"])
+        self.all_runs = self.runs = read_csv(f["standalone.csv"])
+        decision = (self.pilot or {}).get("decision")
+        self.epochs = self.settings["standalone_epochs"]  # every stand-alone run's
+        if decision:  # the truth is the runs at the decided E (the pilot's other rungs aside)
+            self.epochs = decision["epochs"]
+            self.runs = [r for r in self.runs if int(r["epochs"]) == self.epochs]
         self.seeds = sorted({int(r["seed"]) for r in self.runs}) or [self.settings["seed"]]
         for a in self.archs:  # the sample's candidate indices are the ranking's
             for b, (i, cell, ops) in enumerate(zip(a["candidates"], a["cells"], a["ops"],
@@ -1012,7 +1262,8 @@ class Raw:
                     raise SystemExit(f"{f['archs.json']}: arch {a['id']} block {b} candidate "
                                      f"{i} is not the one scores.csv lists")
             a["rating"] = self.rating(self.scores, a["candidates"])
-            a["rating_longer"] = self.rating(self.longer, a["candidates"])
+            a["rating_longer"] = (self.rating(self.longer, a["candidates"]) if self.longer
+                                  else math.nan)
 
     def rating(self, scores: Mapping[tuple[int, int], Any], candidates: Sequence[int]) -> float:
         """An architecture's DNA rating: the sum of its blocks' scores."""
@@ -1033,19 +1284,19 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
                       for a in sample])
     spos = [raw.spos.get(a["id"], math.nan) for a in sample]
     have_spos = all(math.isfinite(v) for v in spos)
+    n_boot = raw.settings.get("n_boot", 2000)
     rep = c.analyse([a["rating"] for a in sample], truth, params=[a["params"] for a in sample],
                     versus=spos if have_spos else None, versus_name="SPOS",
-                    seeds=[str(s) for s in raw.seeds], n_boot=2000, seed=0)
+                    seeds=[str(s) for s in raw.seeds], n_boot=n_boot, seed=0)
     p = rep["predictors"]
     nc = rep["noise_ceiling"]
-    s = raw.settings
     out = [
         f"{rep['n']} architectures, stratified (every combination of cell depths over the "
         f"blocks in turn, then ops uniformly), each trained from scratch for "
-        f"{s['standalone_epochs']} epochs with seeds {', '.join(map(str, raw.seeds))} "
+        f"{raw.epochs} epochs with seeds {', '.join(map(str, raw.seeds))} "
         f"({rep['measurements']} runs). Truth = mean val top-1 over the seeds. Figures are "
-        "Kendall's τ-b and Spearman's rho with 95 % bootstrap intervals (2,000 resamples of the "
-        "architectures, paired across predictors).",
+        "Kendall's τ-b and Spearman's rho with 95 % bootstrap intervals "
+        f"({n_boot:,} resamples of the architectures, paired across predictors).",
         "",
         "| predictor | Kendall τ [95 % CI] | Spearman rho [95 % CI] | top pick's true rank |",
         "|---|---:|---:|---:|",
@@ -1053,15 +1304,18 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
     names = {"dnax": "DNA rating (summed block nmae, lower = better)",
              "SPOS": "SPOS path top-1 (one supernet, BN recalibrated)",
              "params": "params (more = better; trivial baseline)"}
-    longer = c.association([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1),
-                           n_boot=2000, seed=0)
-    longer.update(c.regret([-a["rating_longer"] for a in sample], np.nanmean(truth, axis=1)))
     mean = np.nanmean(truth, axis=1)
+    longer = None
+    if raw.longer:
+        longer = c.association([-a["rating_longer"] for a in sample], mean, n_boot=n_boot,
+                               seed=0)
+        longer.update(c.regret([-a["rating_longer"] for a in sample], mean))
     size = {"flops": [a["flops"] for a in sample],  # trivial baselines beside params
             "depth": [sum(a["depths"]) for a in sample]}
     for k, x in size.items():
-        p[k] = {**c.association(x, mean, n_boot=2000, seed=0), **c.regret(x, mean)}
-    p = {"dnax": p["dnax"], "longer": longer, **{k: v for k, v in p.items() if k != "dnax"}}
+        p[k] = {**c.association(x, mean, n_boot=n_boot, seed=0), **c.regret(x, mean)}
+    p = {"dnax": p["dnax"], **({"longer": longer} if longer else {}),
+         **{k: v for k, v in p.items() if k != "dnax"}}
     names = {"dnax": names["dnax"],
              "longer": f"DNA rating, block supernets trained {LONGER}x as long",
              **{k: v for k, v in names.items() if k != "dnax"},
@@ -1076,23 +1330,26 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
                    f"{_f(nc['kendall'], '.2f')} [{_f(nc['ci'][0], '.2f')}, "
                    f"{_f(nc['ci'][1], '.2f')}] (n = {nc['n']}) | | |")
     out.append("")
+    idx = c.resamples(len(sample), n_boot, 0)  # the resamples analyse drew
     if "difference" in rep:
-        mean = np.nanmean(truth, axis=1)
-        idx = c.resamples(len(sample), 2000, 0)  # the resamples analyse drew
-        g2, vs = -np.array([a["rating_longer"] for a in sample]), np.array(spos)
-        diff = c.kendall_rows(g2[idx], mean[idx]) - c.kendall_rows(vs[idx], mean[idx])
-        rep["difference_longer"] = {
-            "kendall": longer["kendall"]["value"] - p["SPOS"]["kendall"]["value"],
-            "ci": c.interval(diff, 0.95), "p": float((diff[np.isfinite(diff)] <= 0).mean())}
+        if longer:
+            g2, vs = -np.array([a["rating_longer"] for a in sample]), np.array(spos)
+            diff = c.kendall_rows(g2[idx], mean[idx]) - c.kendall_rows(vs[idx], mean[idx])
+            rep["difference_longer"] = {
+                "kendall": longer["kendall"]["value"] - p["SPOS"]["kendall"]["value"],
+                "ci": c.interval(diff, 0.95), "p": float((diff[np.isfinite(diff)] <= 0).mean())}
         for label, d in (("DNA", rep["difference"]),
-                         (f"DNA, {LONGER}x longer supernets", rep["difference_longer"])):
+                         (f"DNA, {LONGER}x longer supernets", rep.get("difference_longer"))):
+            if d is None:
+                continue
             out.append(f"- τ({label}) - τ(SPOS) = {_f(d['kendall'], '.2f')}, 95 % CI "
                        f"[{_f(d['ci'][0], '.2f')}, {_f(d['ci'][1], '.2f')}]; share of resamples "
                        f"with no advantage over SPOS: {_f(d['p'], '.3f')} (paired bootstrap)")
-    idx = c.resamples(len(sample), 2000, 0)
     for label, g in (("DNA", -np.array([a["rating"] for a in sample])),
                      (f"DNA, {LONGER}x longer supernets",
                       -np.array([a["rating_longer"] for a in sample]))):
+        if not np.isfinite(g).all():
+            continue
         for k in ("params", "flops", "depth"):
             x = np.array([a[k] for a in sample]) if k != "depth" else np.array(size["depth"])
             diff = c.kendall_rows(g[idx], mean[idx]) - c.kendall_rows(x[idx], mean[idx])
@@ -1109,6 +1366,135 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
             f"{_f(t['kendall']['value'], '.2f')}" for t in rep.get("terciles", [])))
     out.append("")
     return out, {**rep, "sample": sample, "truth": truth, "spos": spos, "longer": longer}
+
+
+def verdict(e1: Mapping[str, Any], e2: Mapping[str, Any]) -> tuple[str, str]:
+    """PROTOCOL.md's rule on the primary endpoints 1 (vs FLOPs) and 2 (vs params), each
+    ``{"value", "ci"}``: success, failure or inconclusive, and why."""
+    named = (("τ(DNA) - τ(FLOPs)", e1), ("τ(DNA) - τ(params)", e2))
+    if e1["ci"][0] > 0 and e2["ci"][0] > 0:
+        return "success", "both intervals lie above 0"
+    below = [n for n, e in named if e["ci"][1] < 0 or e["value"] <= 0]
+    if below:
+        return "failure", f"{' and '.join(below)}: point estimate <= 0 or interval below 0"
+    wide = [f"{n}'s interval" for n, e in named if e["ci"][0] <= 0]
+    return "inconclusive", " and ".join(wide) + (" includes 0" if len(wide) == 1 else
+                                                 " include 0")
+
+
+def student_vs_matched(student: Sequence[float], matched: Sequence[Sequence[float]],
+                       n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """The student's mean top-1 minus the matched architectures' mean (all their runs), with a
+    percentile interval from resampling the architectures and, within each, the seeds (and
+    the student's seeds)."""
+    c = stats()
+    st, m = np.asarray(student, dtype=np.float64), np.asarray(matched, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    a = rng.integers(len(m), size=(n_boot, len(m)))
+    k = rng.integers(m.shape[1], size=(n_boot, len(m), m.shape[1]))
+    boot_m = m[a[..., None], k].mean(axis=(1, 2))
+    boot_s = st[rng.integers(len(st), size=(n_boot, len(st)))].mean(axis=1)
+    return {"value": float(st.mean() - m.mean()), "ci": c.interval(boot_s - boot_m, 0.95),
+            "student": float(st.mean()), "matched": float(m.mean()), "archs": len(m)}
+
+
+def protocol_section(raw: Raw, rank: dict[str, Any] | None, exp: Experiment) -> list[str]:
+    """PROTOCOL.md's pilot, endpoints and verdict (scales with a pilot); the scatter PNGs."""
+    c = stats()
+    pilot = raw.pilot or {"rungs": [], "decision": None}
+    out = ["The pilot (PROTOCOL.md's rule): the sample's first "
+           f"{raw.settings['pilot_archs']} architectures x seeds "
+           f"{', '.join(map(str, raw.seeds))}; goal: expected seed-vs-seed τ "
+           f"(2/π) arcsin(r1) >= {CEILING_GOAL}.", "",
+           "| E | seed SD | architectures' SD | r1 | expected τ | s per network-epoch | met |",
+           "|---:|---:|---:|---:|---:|---:|---|"]
+    for r in pilot["rungs"]:
+        out.append(f"| {r['epochs']} | {r['s_seed']:.2f} | {r['s_arch']:.2f} | {r['r1']:.3f} | "
+                   f"{r['expected_tau']:.2f} | {r['seconds_per_epoch']:.1f} | "
+                   f"{'yes' if r['met'] else 'no'} |")
+    d = pilot["decision"]
+    if d is None:
+        return [*out, "", "The pilot has not decided yet: no endpoints.", ""]
+    left = "no deadline" if d["time_left"] is None else f"{d['time_left']:.0f} s left"
+    out += ["", f"Decision: E = {d['epochs']}, n = {d['n']} ({left}, {d['workers']} workers)"
+            + ("" if d["met"] else f"; the rule would stop the run: {d['reason']}"
+               + ("" if raw.settings["pilot_binding"] else " (smoke: it went on)")), ""]
+    if rank is None:
+        return [*out, "Fewer than 3 architectures trained: no endpoints.", ""]
+    sample, truth = rank["sample"], rank["truth"]
+    mean = np.nanmean(truth, axis=1)
+    n_boot = raw.settings["n_boot"]
+    idx = c.resamples(len(sample), n_boot, 0)  # the same resamples for every predictor
+    g = -np.array([a["rating"] for a in sample])
+    preds = {"FLOPs": np.array([a["flops"] for a in sample], dtype=np.float64),
+             "params": np.array([a["params"] for a in sample], dtype=np.float64),
+             "SPOS": np.array(rank["spos"], dtype=np.float64),
+             "depth": np.array([sum(a["depths"]) for a in sample], dtype=np.float64)}
+    tau_g = c.kendall_rows(g[idx], mean[idx])
+    point_g = c.kendall_rows(g[None], mean[None])[0]
+    ends = {}
+    for k, x in preds.items():
+        if not np.isfinite(x).all():
+            continue
+        diff = tau_g - c.kendall_rows(x[idx], mean[idx])
+        ends[k] = {"value": float(point_g - c.kendall_rows(x[None], mean[None])[0]),
+                   "ci": c.interval(diff, 0.95)}
+    pk = rank["partial_kendall"]
+    ceiling = float(c.kendall_rows(truth[None, :, 0], truth[None, :, 1])[0])
+    out += [f"Endpoints over n = {len(sample)} architectures, paired bootstrap ({n_boot:,} "
+            "resamples of the architectures, the same for every predictor), 95 % percentile "
+            "intervals:", "",
+            "| endpoint | value [95 % CI] |", "|---|---:|",
+            f"| primary 1: τ(DNA) - τ(FLOPs) | {_ci(ends['FLOPs'])} |",
+            f"| primary 2: τ(DNA) - τ(params) | {_ci(ends['params'])} |",
+            f"| primary 3: partial τ of DNA given params | {_ci(pk)} |"]
+    for k in ("SPOS", "depth"):
+        if k in ends:
+            out.append(f"| secondary: τ(DNA) - τ({k}) | {_ci(ends[k])} |")
+    out.append(f"| single-seed noise ceiling: τ(seed {raw.seeds[0]}, seed {raw.seeds[1]}) | "
+               f"{ceiling:.2f} |")
+    matched = [a for a in raw.archs if a["group"] == "matched"]
+    st = raw.top1("student")
+    m = [[raw.top1("matched", a["id"]).get(k, math.nan) for k in raw.seeds] for a in matched]
+    vs = None
+    if matched and st and np.isfinite(m).all():
+        vs = student_vs_matched([st[k] for k in sorted(st)], m, n_boot)
+        out.append(f"| secondary: student - {vs['archs']} size-matched random architectures "
+                   f"(top-1 points) | {_ci(vs)} |")
+    word, why = verdict(ends["FLOPs"], ends["params"])
+    rank["endpoints"] = {"ends": ends, "verdict": word, "why": why, "ceiling": ceiling,
+                         "matched": vs}
+    out += ["", f"Verdict by PROTOCOL.md's rule: **{word}** ({why})"
+            + ("; **underpowered**: the single-seed ceiling is below 0.6" if ceiling < 0.6
+               else "") + ".", ""]
+    out += scatter_pngs(exp, sample, mean, {"DNA rating (minus summed nmae)": g, **preds})
+    return out
+
+
+def scatter_pngs(exp: Experiment, sample: Sequence[Mapping[str, Any]], truth: np.ndarray,
+                 preds: Mapping[str, np.ndarray]) -> list[str]:
+    """One scatter per predictor (truth against it) -> scatter-<k>.png; the Markdown links."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dnax.rundir import save_figure
+
+    lines = []
+    for k, (name, x) in enumerate(preds.items()):
+        if not np.isfinite(x).all():
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.6))
+        ax.scatter(x, truth, s=14)
+        ax.set_xlabel(name)
+        ax.set_ylabel("stand-alone val top-1 (%, mean of seeds)")
+        tau = stats().kendall_rows(x[None], truth[None])[0]
+        ax.set_title(f"τ = {tau:.2f}, n = {len(sample)}", fontsize=10)
+        fig.tight_layout()
+        path = save_figure(fig, exp.root / f"scatter-{k}.png")
+        lines.append(f"- [{name}]({path.name})")
+    return ["Scatter plots:", "", *lines, ""]
 
 
 def noise_lines(truth: np.ndarray) -> list[str]:
@@ -1140,10 +1526,11 @@ def spos_section(raw: Raw, rank: dict[str, Any] | None) -> list[str]:
     return [
         f"Sanity of the baseline: SPOS's supernet was trained {s['spos_epochs']} epochs with one "
         "uniform path per step; each architecture's path, with BatchNorm recalibrated on "
-        f"{s['recal_batches']} train batches, reaches a mean val top-1 of {_mean(spos):.2f} % "
+        f"{s['recal_batches']} train batches, reaches a mean {s.get('spos_split', 'val')} "
+        f"top-1 of {_mean(spos):.2f} % "
         f"(range {min(spos):.2f}-{max(spos):.2f}), against {_mean(alone):.2f} % "
         f"(range {alone.min():.2f}-{alone.max():.2f}) for the same architectures trained alone "
-        f"for {s['standalone_epochs']} epochs.",
+        f"for {raw.epochs} epochs (val).",
         "",
     ]
 
@@ -1173,6 +1560,8 @@ def block_section(raw: Raw) -> tuple[list[str], list[dict[str, Any]]]:
         depth = np.array([int(r["depth"]) for r in rows])
         for label, scores in ((f"{epochs} epochs", raw.scores),
                               (f"{LONGER * epochs} epochs", raw.longer)):
+            if not scores:  # no ``longer`` step at this scale
+                continue
             sup = np.array([float(scores[(b, int(r["candidate"]))][raw.search["key"]])
                             for r in rows])
             rep = c.analyse(sup, alone, lower_is_better=True, n_boot=2000, seed=0)
@@ -1209,13 +1598,20 @@ def block_section(raw: Raw) -> tuple[list[str], list[dict[str, Any]]]:
 def budget_section(raw: Raw) -> tuple[list[str], dict[str, float]]:
     s, st, t = raw.settings, raw.search["student"], raw.search["teacher"]
     seeds = raw.seeds
+    fraction = s.get("budget_fraction", 1.0)
+    budget = raw.search["budgets"]["params"]
     out = [
         f"Every network below is trained from scratch with the same recipe for "
-        f"{s['standalone_epochs']} epochs, seeds {', '.join(map(str, seeds))}. The student is "
-        f"the lowest summed block `{raw.search['key']}` with params ≤ the teacher's "
-        f"({raw.budget:,}); the random architectures are drawn uniformly from the space and "
-        "kept when under the same budget. (The teacher the blocks were distilled from was "
-        f"trained longer, {s['teacher_epochs']} epochs: {t['top1']:.2f} %.)",
+        f"{raw.epochs} epochs, seeds {', '.join(map(str, seeds))}. The student is "
+        f"the lowest summed block `{raw.search['key']}` with params ≤ "
+        + (f"the teacher's ({budget:,.0f})" if fraction == 1 else
+           f"{fraction:.0%} of the teacher's ({budget:,.0f} of {raw.budget:,})") + "; "
+        + ("random architectures are drawn uniformly from the space and kept when under the "
+           f"teacher's {raw.budget:,}; " if s["random_archs"] else "")
+        + (f"matched architectures likewise, kept when within ±{MATCHED:.0%} of the student's "
+           "params; " if s.get("matched_archs") else "")
+        + f"the teacher the blocks were distilled from was trained for {s['teacher_epochs']} "
+        f"epochs: {t['top1']:.2f} %.",
         "",
         "| network | params | FLOPs (M) | " + " | ".join(f"top-1 seed {k} (%)" for k in seeds)
         + " | mean (%) |",
@@ -1230,15 +1626,16 @@ def budget_section(raw: Raw) -> tuple[list[str], dict[str, float]]:
                    + " | ".join(_f(acc.get(k), ".2f") for k in seeds) + f" | {_f(m, '.2f')} |")
         return m
 
-    means["teacher"] = row("teacher", t["params"], flops.get("teacher", math.nan),
-                           raw.top1("teacher"))
+    if raw.top1("teacher"):
+        means["teacher"] = row("teacher", t["params"], flops.get("teacher", math.nan),
+                               raw.top1("teacher"))
     means["student"] = row("searched student", st["params"], flops.get("student", math.nan),
                            raw.top1("student"))
     rand = []
     for a in raw.archs:
-        if a["group"] == "random" and raw.top1("random", a["id"]):
-            rand.append(row(f"random {a['id']}", a["params"], a["flops"],
-                            raw.top1("random", a["id"])))
+        if a["group"] in ("random", "matched") and raw.top1(a["group"], a["id"]):
+            rand.append(row(f"{a['group']} {a['id']}", a["params"], a["flops"],
+                            raw.top1(a["group"], a["id"])))
     means["random"] = _mean(rand)
     out += ["", f"Mean of the {len(rand)} random architectures: {_f(means['random'], '.2f')} %. "
             "Student arch def: `" + json.dumps(st["arch_def"]) + "`", ""]
@@ -1249,6 +1646,18 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
             means: Mapping[str, float]) -> list[str]:
     """A plain reading, derived from the figures (thresholds from the issue, fixed in advance)."""
     out = []
+    end = (rank or {}).get("endpoints")
+    if end:
+        answer = {"success": "yes", "failure": "no", "inconclusive": "not shown either way"}
+        out.append(f"- **Does the search beat choosing by size? {answer[end['verdict']]}** "
+                   f"(PROTOCOL.md's rule: {end['verdict']}; {end['why']}"
+                   + ("; underpowered: the single-seed noise ceiling is "
+                      f"{end['ceiling']:.2f} < 0.6" if end["ceiling"] < 0.6 else "") + ").")
+        if end["matched"]:
+            vs = end["matched"]
+            out.append(f"- Searched student against {vs['archs']} random architectures of its "
+                       f"size (±{MATCHED:.0%} params): {vs['student']:.2f} % against "
+                       f"{vs['matched']:.2f} %, difference {_ci(vs)} points.")
     if rank is not None:
         k = rank["predictors"]["dnax"]["kendall"]
         nc = rank["noise_ceiling"]
@@ -1270,28 +1679,30 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
                                               "difference is above 0." if d["ci"][0] > 0 else
                                               "the paired interval of τ(DNA) - τ(SPOS) includes "
                                               "0: no significant difference."))
-        k2 = rank["longer"]["kendall"]
-        out.append(f"- With the block supernets trained {LONGER}x as long (same teacher, same "
-                   f"truth): DNA's τ is {_f(k2['value'], '.2f')} [{_f(k2['ci'][0], '.2f')}, "
-                   f"{_f(k2['ci'][1], '.2f')}]"
-                   + ("; its interval excludes 0" if k2["ci"][0] > 0 else "")
-                   + (f"; against SPOS the paired interval is "
-                      f"[{_f(rank['difference_longer']['ci'][0], '.2f')}, "
-                      f"{_f(rank['difference_longer']['ci'][1], '.2f')}]"
-                      if "difference_longer" in rank else "") + ".")
+        k2 = (rank["longer"] or {}).get("kendall")
+        if k2:
+            out.append(f"- With the block supernets trained {LONGER}x as long (same teacher, "
+                       f"same truth): DNA's τ is {_f(k2['value'], '.2f')} "
+                       f"[{_f(k2['ci'][0], '.2f')}, {_f(k2['ci'][1], '.2f')}]"
+                       + ("; its interval excludes 0" if k2["ci"][0] > 0 else "")
+                       + (f"; against SPOS the paired interval is "
+                          f"[{_f(rank['difference_longer']['ci'][0], '.2f')}, "
+                          f"{_f(rank['difference_longer']['ci'][1], '.2f')}]"
+                          if "difference_longer" in rank else "") + ".")
         sizes = ", ".join(f"{k} {_f(rank['predictors'][k]['kendall']['value'], '.2f')}"
                           for k in ("params", "flops", "depth") if k in rank["predictors"])
-        out.append(f"- Choosing by size alone: τ of {sizes}. This exploratory study cannot "
-                   "say that the search beats choosing by size: see the paired differences "
-                   "under the ranking table, and docs/reproduction/PROTOCOL.md for the "
-                   "confirmatory test.")
+        if "endpoints" not in rank:
+            out.append(f"- Choosing by size alone: τ of {sizes}. This exploratory study cannot "
+                       "say that the search beats choosing by size: see the paired differences "
+                       "under the ranking table, and docs/reproduction/PROTOCOL.md for the "
+                       "confirmatory test.")
     for label in dict.fromkeys(f["label"] for f in blocks):
         group = [f for f in blocks if f["label"] == label]
         taus = [f["rep"]["predictors"]["dnax"]["kendall"]["value"] for f in group]
         out.append(f"- Block level, supernets trained {label}: τ between the supernet's scores "
                    f"and stand-alone block losses is {', '.join(_f(v, '.2f') for v in taus)} "
                    f"over blocks {', '.join(str(f['block']) for f in group)}.")
-    if means:
+    if means and "teacher" in means:
         out.append(f"- At the teacher's parameter count: student {_f(means['student'], '.2f')} %, "
                    f"teacher {_f(means['teacher'], '.2f')} %, random architectures "
                    f"{_f(means['random'], '.2f')} % (means over seeds).")
@@ -1303,6 +1714,7 @@ def render(exp: Experiment) -> str:
     raw = Raw(exp)
     s = raw.settings
     rank_lines, rank = ranking_section(raw)
+    protocol = protocol_section(raw, rank, exp) if s.get("pilot_archs") else []
     block_lines, blocks = block_section(raw)
     budget_lines, means = budget_section(raw)
     lim = s["limit"]
@@ -1315,6 +1727,7 @@ def render(exp: Experiment) -> str:
         "## Reading",
         "",
         *reading(rank, blocks, means),
+        *(["## Pre-registered endpoints (PROTOCOL.md)", "", *protocol] if protocol else []),
         "## Ranking: supernet rating against stand-alone accuracy",
         "",
         *rank_lines,
@@ -1324,7 +1737,7 @@ def render(exp: Experiment) -> str:
         "## Block level: supernet scores against candidates trained alone",
         "",
         *block_lines,
-        "## Student, teacher and random architectures at the teacher's parameter count",
+        "## The searched student against random architectures",
         "",
         *budget_lines,
         "## Architectures",
@@ -1349,11 +1762,14 @@ def render(exp: Experiment) -> str:
         "",
         f"- Fashion-MNIST at its native {s['resolution']} px, {images}, batch {s['batch_size']}",
         f"- teacher (the blocks' targets): {s['teacher_epochs']} epochs; block supernets: "
-        f"{s['distill_epochs']} epochs; ranking: {s['rank_batches']} x 64 held-out images",
-        f"- every network trained from scratch: {s['standalone_epochs']} epochs, AdamW lr {LR}, "
-        f"wd {WEIGHT_DECAY}, cosine, {WARMUP} warm-up epoch, label smoothing {LABEL_SMOOTHING}",
+        f"{s['distill_epochs']} epochs; ranking: {s['rank_batches']} x "
+        f"{s.get('rank_batch', 64)} held-out images",
+        f"- every network trained from scratch: {raw.epochs} epochs, AdamW lr {LR}, "
+        f"wd {WEIGHT_DECAY}, cosine, {WARMUP} warm-up epoch, label smoothing {LABEL_SMOOTHING}"
+        + (f", EMA {s['ema_decay']} (evaluated)" if s.get("ema_decay") else ""),
         f"- SPOS supernet: {s['spos_epochs']} epochs, BatchNorm recalibrated on "
-        f"{s['recal_batches']} train batches per path",
+        f"{s['recal_batches']} train batches per path, scored on the "
+        f"{s.get('spos_split', 'val')} images",
         f"- seeds: data split and samples {s['seed']}; training seeds "
         f"{', '.join(map(str, raw.seeds))}",
         "",
@@ -1363,12 +1779,26 @@ def render(exp: Experiment) -> str:
         "|---|---:|---:|---|",
     ]
     for name in (*STEPS[:-1], "all"):
-        r = raw.steps.get(name, {})
+        if name not in raw.steps:  # a step this scale has not run (cpu: pilot, matched)
+            continue
+        r = raw.steps[name]
         out.append(f"| {name} | {_hms(r.get('seconds', 0.0))} | {r.get('sessions', 0)} | "
                    f"{r.get('finished') or 'unfinished'} |")
-    core = sum(float(r["seconds"]) for r in raw.runs)
-    out += ["", f"Stand-alone runs: {len(raw.runs)}, {_hms(core)} of process time in all "
+    runs = raw.all_runs
+    core = sum(float(r["seconds"]) for r in runs)
+    out += ["", f"Stand-alone runs: {len(runs)}, {_hms(core)} of process time in all "
             "(they run in parallel worker processes, so the steps' wall times overlap)."]
+    train = min(lim, TRAIN_IMAGES) if lim else TRAIN_IMAGES
+    rates = [train * int(r["epochs"]) / float(r["train_seconds"]) for r in runs
+             if float(r["train_seconds"]) > 0]
+    wall = raw.steps.get("all", {}).get("seconds", 0.0)
+    if rates:
+        out.append(f"Training throughput: {float(np.median(rates)):,.0f} images/s per network "
+                   f"(median over the runs, {train:,} train images per epoch)"
+                   + (f"; {train * sum(int(r['epochs']) for r in runs) / wall:,.0f} images/s in "
+                      "all over the whole run's wall time (a lower bound: it includes the "
+                      "search)" if wall else "")
+                   + ".")
     stages = raw.search.get("stages", {})
     if stages:
         out += ["", "dnax stages within `search`: " + ", ".join(
@@ -1394,7 +1824,8 @@ def step_table(exp: Experiment, out: Path) -> None:
 
 # --- main -------------------------------------------------------------------------------------
 
-RUNNERS = {"sample": step_sample, "search": step_search, "blocks": step_blocks,
+RUNNERS = {"sample": step_sample, "search": step_search, "pilot": step_pilot,
+           "matched": step_matched, "blocks": step_blocks,
            "longer": step_longer, "spos": step_spos, "standalone": step_standalone}
 
 
@@ -1414,14 +1845,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("steps", nargs="*", metavar="STEP",
                    help=f"steps to run: {', '.join(STEPS)} (default: all, in order)")
     p.add_argument("--scale", choices=list(SCALES), default="cpu",
-                   help="smoke: a minute; cpu (default): under 2 hours on 2 CPU cores; gpu: "
-                        "under 5 minutes on one GPU")
+                   help="smoke: two minutes; cpu (default): under 2 hours on 2 CPU cores; gpu: "
+                        "PROTOCOL.md's confirmatory run on one GPU (deadline 6 minutes)")
     p.add_argument("--results", type=Path, default=None,
                    help="results folder (default: docs/reproduction/results/<scale>)")
     p.add_argument("--table", type=Path, default=None,
                    help="table file (default: <results>/RESULTS.md for smoke, "
                         "docs/reproduction/RESULTS.md for cpu, <results>/RESULTS.md for gpu)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="the data split's and the search's seed (default: 7 for gpu, "
+                        "PROTOCOL.md's; else 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process "
                    "(default: 1 for smoke and cpu, the fastest on shared cores; torch's for gpu)")
@@ -1443,7 +1876,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(threads)
     minutes = scale.minutes if args.minutes is None else args.minutes or None
     deadline = args.until or (time.time() + 60 * minutes if minutes else None)
-    exp = Experiment(results, args.scale, args.seed, args.device, threads, deadline)
+    seed = SEARCH_SEED.get(args.scale, 0) if args.seed is None else args.seed
+    exp = Experiment(results, args.scale, seed, args.device, threads, deadline)
+    exp.workers = args.workers
     if args.steps == ["pool"]:  # a worker process (spawned below)
         pool(exp, {"cut": False}, f"pool {args.worker}")
         return 0
@@ -1466,8 +1901,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state["workers"] = workers
                 RUNNERS[step](exp, state)
             complete &= not state["cut"]
-            say(step, f"{'cut by the deadline' if state['cut'] else 'done'} "
-                      f"({time.perf_counter() - t1:.0f} s)")
+            stopped = step == "pilot" and scale.pilot_archs and pilot_epochs(exp) is None
+            say(step, "the pilot's rule stopped the run before the truth runs" if stopped else
+                f"{'cut by the deadline' if state['cut'] else 'done'} "
+                f"({time.perf_counter() - t1:.0f} s)")
+            if stopped:
+                break
             if step == "sample" and "standalone" in todo and not exp.finished("standalone"):
                 workers += spawn_workers(exp, args, (args.workers or scale.workers) - 1)
     finally:
