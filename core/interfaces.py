@@ -301,5 +301,3 @@ PLUGIN_KINDS: tuple[Kind, ...] = (
 )
 #: each kind by name
 KIND: Mapping[str, Kind] = {k.name: k for k in PLUGIN_KINDS}
-#: the interface of each kind, in pipeline order (a view of :data:`PLUGIN_KINDS`)
-KINDS: Mapping[str, type[Plugin]] = {k.name: k.interface for k in PLUGIN_KINDS}

@@ -158,8 +158,9 @@ class BlockRanking:
 
     Cells of one block may differ in width, and a block's first layer then costs what the width
     it receives makes it cost. So ``costs[metric]`` is 1-D (one entry per candidate) where one
-    width can enter the block, and 2-D ``(len(in_widths), candidates)`` where several can: row
-    ``r`` is the cost when the previous block's chosen cell is ``in_widths[r]`` wide.
+    width can enter the block, and 2-D ``(len(prev.out_widths), candidates)`` where several can,
+    ``prev`` being the previous block's ranking: row ``r`` is the cost when the previous block's
+    chosen cell is ``prev.out_widths[r]`` wide (see :func:`dnax.correlate.network_costs`).
     """
 
     block: int

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import brute_force
 
 import dnax
 from dnax.plugins.selectors import pareto
@@ -46,7 +47,7 @@ def _front(points: np.ndarray) -> list[tuple[float, ...]]:
 @given(instances())
 def test_exact_against_brute_force(inst):
     scores, costs, budgets, k = inst
-    _, sc, co = pareto.brute_force(scores, costs, budgets)
+    _, sc, co = brute_force(scores, costs, budgets)
     if len(sc) == 0:
         with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
             pareto.solve(scores, costs, budgets, top_k=k)
@@ -95,7 +96,7 @@ def wide_instances(draw):
 def _check(scores, costs, budgets, ks, front=True):
     """``solve`` equals brute force for each k: the k best scores (ties included), and the
     whole front (unless rounding makes sums in another order differ)."""
-    _, sc, co = pareto.brute_force(scores, costs, budgets)
+    _, sc, co = brute_force(scores, costs, budgets)
     if len(sc) == 0:
         for k in ks:
             with pytest.raises(dnax.NoFeasibleNetworkError, match="no network fits"):
@@ -252,7 +253,7 @@ def test_selector_matches_brute_force_and_stores_front(tmp_path, how):
 
     scores = [normalise(r.scores["nmae"], how) for r in rankings]
     costs = [np.column_stack([r.costs["params"], r.costs["flops"]]) for r in rankings]
-    _, sc, _ = pareto.brute_force(scores, costs, [150.0, 2100.0])
+    _, sc, _ = brute_force(scores, costs, [150.0, 2100.0])
     assert sel.score == pytest.approx(sc.min(), abs=1e-12)
     for m in ("params", "flops"):
         want = fixed[m] + sum(r.costs[m][i] for r, i in zip(rankings, sel.candidates,
@@ -316,7 +317,7 @@ def test_pipeline_selects_with_exact(registry, pipeline, tmp_path):
     # the stand-in params model: kernel sizes summed, plus 100 fixed
     costs = [np.array([[sum(int(a.split("_k")[1][0]) for a in c.arch)] for c in r.candidates],
                       dtype=float) for r in rankings]
-    _, sc, _ = pareto.brute_force([r.scores["nmae"] for r in rankings], costs, [16.0])
+    _, sc, _ = brute_force([r.scores["nmae"] for r in rankings], costs, [16.0])
     assert sel.score == pytest.approx(sc.min(), rel=1e-6)
     assert run.run_dir.exists("selection/front.json") and run.run_dir.exists("selection.json")
 
