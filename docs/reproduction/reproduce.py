@@ -779,9 +779,9 @@ SPOS_STATE, SPOS_WEIGHTS = "resume.pt", "supernet.safetensors"
 
 
 def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
-               blocks: Sequence[dnax.BlockSpec]) -> None:
+               blocks: Sequence[dnax.BlockSpec]) -> bool:
     """Cross-entropy, one uniform path per step, the stand-alone recipe's optimizer, schedule
-    and augmentation; resumable per epoch."""
+    and augmentation; resumable per epoch. False when the deadline stopped it."""
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
@@ -801,6 +801,9 @@ def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
         start, seconds = state["epoch"], state["seconds"]
         say("spos", f"resuming after epoch {start}/{s.spos_epochs}")
     for epoch in range(start, s.spos_epochs):
+        if not exp.time_left(seconds / max(epoch, 1) if epoch else 0.0):
+            say("spos", f"deadline: {epoch} of {s.spos_epochs} epochs trained")
+            return False
         t0 = time.perf_counter()
         seed = exp.seed * 100_003 + epoch  # paths, order, augmentation: the same after a resume
         torch.manual_seed(seed)
@@ -832,6 +835,7 @@ def train_spos(exp: Experiment, ctx: dnax.StageContext, model: SPOSNet,
     rd.save_tensors(SPOS_WEIGHTS, model.state_dict(), kind="spos-supernet",
                     metadata={"epochs": str(s.spos_epochs), "seconds": f"{seconds:.1f}"})
     rd.path(SPOS_STATE).unlink(missing_ok=True)
+    return True
 
 
 def step_spos(exp: Experiment, state: dict[str, Any]) -> None:
@@ -840,8 +844,9 @@ def step_spos(exp: Experiment, state: dict[str, Any]) -> None:
     ctx = context("spos", config, plugins, exp.root / "spos")
     torch.manual_seed(exp.seed)
     model = SPOSNet(plugins.space, blocks, plugins.data.num_classes).to(ctx.device)
-    if not ctx.run_dir.exists(SPOS_WEIGHTS):
-        train_spos(exp, ctx, model, blocks)
+    if not ctx.run_dir.exists(SPOS_WEIGHTS) and not train_spos(exp, ctx, model, blocks):
+        state["cut"] = True
+        return
     weights, _ = ctx.run_dir.load_tensors(SPOS_WEIGHTS, kind="spos-supernet")
     spec = read_json(exp.files["archs.json"])
     rows = read_csv(exp.files["spos.csv"])
