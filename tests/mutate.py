@@ -67,7 +67,7 @@ MUTATIONS = (
              "        return model.to(ctx.device).train().requires_grad_(False)",
              ("tests/test_teacher.py",)),
     Mutation("budget-strict", "a budget compared with < instead of <= (and no rounding slack)",
-             "plugins/selectors/core.py",
+             "plugins/selectors/knapsack.py",
              "    feasible = (budgets + tol >= C).all(axis=1)",
              "    feasible = (budgets > C).all(axis=1)",
              ("tests/test_select.py", "tests/test_select_budgets.py")),

@@ -70,7 +70,7 @@ class Exact(dnax.Selector):
     A multiple-choice knapsack. With one or two budgets, per-block Pareto fronts of (score,
     costs) are merged: the top-k networks and the whole Pareto front of the feasible networks
     (``selection/top.json``, ``selection/front.json``). With three or more, a Lagrangian bound
-    and reduced-cost core enumeration (:mod:`dnax.plugins.selectors.core`) give the top-k
+    and reduced-cost core enumeration (:mod:`dnax.plugins.selectors.knapsack`) give the top-k
     exactly, within ``time_limit``; past it, the best found and its proven gap.
 
     ``normalise`` defaults to ``none``: the default key ``nmae`` (mean |student - teacher| over

@@ -98,7 +98,7 @@ def solve(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budgets: Se
     budgets are compared with the summed block costs, so pass them with ``fixed`` subtracted.
 
     With one or two budgets the front merge solves it (the front is complete); with three or
-    more, :func:`dnax.plugins.selectors.core.solve_core` (the front then holds the top
+    more, :func:`dnax.plugins.selectors.knapsack.solve_core` (the front then holds the top
     networks' non-dominated ones). ``time_limit`` (seconds) and ``progress`` apply to the
     latter: past the limit it returns the best networks found, ``optimal=False``, and the proven
     ``lower_bound``.
@@ -168,7 +168,7 @@ def _solve_core(blocks: list[Block], cubes: list[np.ndarray], links: list[np.nda
                 budgets: np.ndarray, top_k: int, names: list[str], fixed: np.ndarray,
                 time_limit: float | None, progress: Callable[[str, float], None] | None
                 ) -> Solution:
-    from .core import solve_core
+    from .knapsack import solve_core
 
     try:
         res = solve_core([s for s, _, _ in blocks], cubes, budgets, links=links, top_k=top_k,
