@@ -244,6 +244,17 @@ class CostModel(Plugin, ABC):
         """The cost of everything not searched: stem, head, unsearched stages."""
 
 
+class NetworkTimer(ABC):
+    """Optional, beside :class:`CostModel`: a cost model that can time a whole network the way
+    its own costs were measured. The retrainer then reports the retrained network's measured
+    latency beside the selection's prediction."""
+
+    @abstractmethod
+    def measure_network(self, ctx: StageContext, model: Any) -> dict[str, Any]:
+        """``model`` timed end to end: ``{"ms": ..., ...}``, or ``{"skipped": reason}`` where
+        this machine cannot time it as the costs were timed."""
+
+
 class Selector(Plugin, ABC):
     """Picks the best network from the block rankings under budgets."""
 

@@ -190,7 +190,7 @@ def device_entry(table: Mapping[str, Any], device: str | None, path: str | Path,
 
 # --- the cost model --------------------------------------------------------------------------
 
-class Latency(TableCost):
+class Latency(TableCost, dnax.NetworkTimer):
     """Latency in milliseconds per batch on one device, from a table `dnax profile` measured:
     each candidate's layers looked up by op (adapters excluded), plus stem, unsearched stages
     and head.

@@ -282,7 +282,7 @@ def latency_metrics(ctx: dnax.StageContext, selection: dnax.Selection, model: nn
     (``latency_measured_ms``) beside the selection's prediction (``latency_predicted_ms``) and
     the budget (``latency_budget_ms``); nothing otherwise."""
     timers = [c for c in ctx.plugins.costs
-              if c.metric == "latency" and callable(getattr(c, "measure_network", None))]
+              if c.metric == "latency" and isinstance(c, dnax.NetworkTimer)]
     if not timers:
         return {}
     out: dict[str, float] = {}
