@@ -118,13 +118,12 @@ def run(
     if observer is not None:
         registry.pm.register(observer, name="dnax-cli-observer")
     try:
-        target = run_dir or dnax.api.default_run_dir(config)
-        dnax.runner.run(config, registry, target, force=force, until=until, rerun=rerun)
+        result = dnax.run_pipeline(config, run_dir, registry=registry, force=force,
+                                   until=until, rerun=rerun)
     finally:
         if observer is not None:
             registry.pm.unregister(observer)
     if dist.is_main:
-        result = dnax.load_run(target)
         if result.selection is not None:
             out.print(render.selection_table(result.selection))
         if result.report:
@@ -138,7 +137,7 @@ def validate(pipeline: PipelineArg, as_json: JsonOpt = False) -> None:
     budgets) and print its plan: the teacher's blocks and the size of the space."""
     registry = get_registry()
     config = dnax.load_pipeline(pipeline, registry)
-    plan = dnax.preflight.check_pipeline(config, dnax.runner.instantiate(config, registry))
+    plan = dnax.plan(config, registry)
     if as_json:
         print_json({"valid": True, "stages": [s.name for s in
                                               dnax.runner.configured_stages(config)],
