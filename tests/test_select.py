@@ -398,3 +398,18 @@ def test_coupled_widths_against_brute_force(inst):
     for net in sol.top:
         score, total = by_choice[net.choice]  # feasible, with these very costs
         assert net.score == score and np.array_equal(net.costs, total)
+
+
+def test_top_k_keeps_networks_whose_reduced_costs_round_above_the_gap():
+    """Found by hypothesis: at the last pass (gap = every network's reduced-cost bound) three
+    networks' reduced costs, summed in floating point, came out 4e-16 above the gap and were
+    dropped, so top-6 returned 5 networks of the 8 that fit."""
+    scores = [np.array([18, 18, 17, 8, 18]) / 7, np.array([10 / 7, 10 / 7, 2.0])]
+    costs = [np.array([[0., 0, 0], [0, 0, 0], [0, 1, 0], [5, 0, 5], [0, 0, 0]]),
+             np.array([[2., 6, 0], [0, 2, 6], [6, 0, 0]])]
+    budgets = np.array([6., 4, 8])
+    _, sc, _ = brute_force(scores, costs, budgets)
+    assert len(sc) == 8
+    for k in (6, 7, 8):
+        sol = pareto.solve(scores, costs, budgets, top_k=k)
+        assert [n.score for n in sol.top] == pytest.approx(np.sort(sc)[:k])

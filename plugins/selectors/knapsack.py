@@ -152,7 +152,10 @@ def solve_core(scores: Sequence[np.ndarray], costs: Sequence[np.ndarray], budget
             break
         bound = np.inf if best is None or len(best[1]) < top_k else float(best[1][-1])
         try:  # the first pass (the smallest gap) always runs to its end
-            found, rows, core = _enumerate(blocks, coupled, cmin, smin, budgets, gap, bound,
+            # the slack: a network's reduced costs, summed in floating point, may exceed the
+            # exact sum (at gap = full, every network must be enumerated)
+            found, rows, core = _enumerate(blocks, coupled, cmin, smin, budgets,
+                                           gap + EPS * max(scale, full), bound,
                                            top_k, deadline if passes else None)
         except _Timeout:
             break
