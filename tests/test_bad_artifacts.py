@@ -15,6 +15,8 @@ import dnax
 
 pytest_plugins = ["reliability"]
 
+pytestmark = pytest.mark.slow  # every test runs dnax over a run folder (pipelines, damage)
+
 
 @pytest.fixture(autouse=True)
 def _torch():

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from dnax.cli.bench import bench_app
 from dnax.cli.bench_all import PARTS
 
+pytestmark = pytest.mark.slow  # runs the bench parts (pipelines)
+
 cli = CliRunner()
 
 

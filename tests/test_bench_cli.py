@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from dnax.cli.bench import bench_app, fmt
 
+pytestmark = pytest.mark.slow  # runs the bench commands (training, ranking, selection)
+
 cli = CliRunner()
 DIGITS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"
 KEYS = {"bench", "command", "arguments", "figures", "ratios", "goals", "details", "machine",

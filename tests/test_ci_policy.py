@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 SAMPLE = '''
 import pytest
@@ -31,6 +33,7 @@ def _run(tmp_path, ci: str | None) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=tmp_path, env=env)
 
 
+@pytest.mark.slow
 def test_unlisted_skip_fails_under_ci(tmp_path):
     res = _run(tmp_path, "true")
     assert res.returncode == 1, res.stdout
@@ -38,6 +41,7 @@ def test_unlisted_skip_fails_under_ci(tmp_path):
     assert "skipped under CI=true" in res.stdout and "some dependency is missing" in res.stdout
 
 
+@pytest.mark.slow
 def test_skips_stay_skips_outside_ci(tmp_path):
     res = _run(tmp_path, None)
     assert res.returncode == 0, res.stdout

@@ -346,6 +346,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_run_ratings_params_and_figures(tiny_run):
     run = dnax.load_run(tiny_run)
     rk = run.rankings()
@@ -382,6 +383,7 @@ def test_run_ratings_params_and_figures(tiny_run):
     assert same["difference"]["ci"] == [0, 0]
 
 
+@pytest.mark.slow
 def test_cli_json_table_and_plot(tiny_run, tmp_path):
     png = tmp_path / "scatter.png"
     res = faultkit.cli(["correlate", tiny_run, TINY_CSV, "--versus", "spos_score", "--json",
@@ -400,6 +402,7 @@ def test_cli_json_table_and_plot(tiny_run, tmp_path):
         assert text in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_block_losses(tiny_run, tmp_path):
     rk = dnax.load_run(tiny_run).rankings()
     path = tmp_path / "blocks.csv"
@@ -426,6 +429,7 @@ def test_cli_block_losses(tiny_run, tmp_path):
             loss[int(np.argmin(score))] - best)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_each(tiny_run, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("candidates,accuracy\n1 2,80\n40 1,70\n1 1 1,3\n")
@@ -447,6 +451,7 @@ def test_cli_errors_are_one_line_each(tiny_run, tmp_path):
     assert res.exit_code == 2 and res.stderr.strip().endswith("missing.csv: no such file")
 
 
+@pytest.mark.slow
 def test_before_select_the_params_column_or_nothing(tiny_run, tmp_path):
     ranked = tmp_path / "ranked"
     faultkit.keep_until(tiny_run, ranked, "select")

@@ -198,6 +198,7 @@ def test_registered_under_their_metric_names():
     assert reg.get("costs", "flops").cls.metric == "flops"
 
 
+@pytest.mark.slow
 def test_paper_space_of_the_mbconv_plugin(tmp_path):
     """The shipped paper space under a B0 teacher: exact params and FLOPs of random networks."""
     from dnax.plugins.spaces import mbconv

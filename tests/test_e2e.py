@@ -16,6 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dnax
 
+pytestmark = pytest.mark.slow  # runs the digits pipeline end to end
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 

@@ -12,6 +12,8 @@ import pytest
 
 import dnax
 
+pytestmark = pytest.mark.slow  # installs and runs the example plugin in processes
+
 ROOT = Path(__file__).resolve().parent / "example_plugin"
 
 

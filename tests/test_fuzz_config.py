@@ -183,6 +183,7 @@ def finished_run(tiny_reference, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_malformed_pipelines_exit_2_with_one_line_per_problem(finished_run, tmp_path, fault):
     before = faultkit.snapshot(finished_run)
     toml = tmp_path / "broken.toml"

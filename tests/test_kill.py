@@ -20,6 +20,8 @@ import dnax
 from dnax.plugins.retrainers import timm_retrainer
 from dnax.plugins.trainers import distill
 
+pytestmark = pytest.mark.slow  # every test starts and kills dnax processes
+
 pytest_plugins = ["reliability"]
 
 EXACT = "artefacts bit-identical to an uninterrupted run"

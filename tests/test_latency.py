@@ -498,6 +498,7 @@ def test_rank_correlations():
     assert prof.spearman(a, b) == pytest.approx(0.8090909090909091)
 
 
+@pytest.mark.slow
 def test_real_check_is_loosely_close(reg, tmp_path):
     """The one real timing bound, loose: a table measured here predicts held-out networks of
     the tiny space within a factor 2, and ranks them better than chance."""
@@ -531,6 +532,7 @@ def test_onnxruntime_parts_from_its_profile():
                    pytest.approx([0.001, 0, 0, 0, 0.008])]
 
 
+@pytest.mark.slow
 def test_onnxruntime_runtime(tmp_path, reg):
     pytest.importorskip("onnxruntime")
     config = _config(tmp_path, reg)

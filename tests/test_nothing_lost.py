@@ -26,6 +26,8 @@ import tomli_w
 
 import dnax
 
+pytestmark = pytest.mark.slow  # runs dnax against run folders, in processes for the kills
+
 pytest_plugins = ["reliability"]
 
 STATES = ("fresh", "finished", "half-finished")

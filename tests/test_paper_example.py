@@ -12,6 +12,8 @@ import torch
 
 import dnax
 
+pytestmark = pytest.mark.slow  # builds and validates the ImageNet-sized paper example
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "imagenet-paper.toml"
 CLASSES = ("n01440764", "n01443537")
 

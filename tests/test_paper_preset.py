@@ -18,6 +18,8 @@ from dnax.plugins.costs.params import Params, ParamsConfig
 from dnax.plugins.spaces.mbconv import MBConvSpace, MBConvSpaceConfig
 from dnax.plugins.teachers.efficientnet import EfficientNetConfig, EfficientNetTeacher
 
+pytestmark = pytest.mark.slow  # starts processes on the paper-sized space
+
 #: the official searched networks, as changlin31/DNA ``retraining/model.py`` defines them
 #: (stem stage, six searched stages); the paper reports 4.2 M, 4.9 M, 5.3 M and 6.4 M params
 OFFICIAL = {

@@ -273,6 +273,7 @@ def _dist_worker(rank: int, world: int, init: str, out: str) -> None:
         raise
 
 
+@pytest.mark.slow
 def test_sharded_under_torch_distributed(tmp_path):
     import torch.multiprocessing as mp
 

@@ -89,6 +89,7 @@ def test_block_picks_spread_over_the_cells_as_their_sizes_allow(n, want):
     assert set(repro.block_picks(Space(), blocks, 3, seed=0)) <= set(picks)
 
 
+@pytest.mark.slow  # starts processes
 def test_claims_are_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
     exp = repro.Experiment(tmp_path, "smoke")
     task = repro.Task("arch000-s0", "sample", 0, 0)
@@ -130,6 +131,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_smoke_writes_every_raw_file(smoke):
     import dnax
@@ -236,6 +238,7 @@ def test_smoke_writes_every_raw_file(smoke):
     assert {r["images"] for r in spos} == {"heldout"}  # never the truth's val images
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_table_figures_match_scipy_on_the_raw_files(smoke):
     results, _, _ = smoke
@@ -307,6 +310,7 @@ def test_table_figures_match_scipy_on_the_raw_files(smoke):
     assert f"between seeds {stats.pearsonr(a, b).statistic:.2f}" in noise
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_rerun_skips_finished_steps_and_regenerates_the_same_table(smoke):
     results, args, _ = smoke
@@ -321,6 +325,7 @@ def test_rerun_skips_finished_steps_and_regenerates_the_same_table(smoke):
     assert (results / "RESULTS.md").read_text() == again
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_table_needs_only_the_raw_files(smoke, tmp_path):
     results, _, _ = smoke
@@ -349,6 +354,7 @@ def _cut(results: Path, work: Path, drop: int) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_standalone_resumes_at_the_missing_runs(smoke, tmp_path):
     results, _, _ = smoke
@@ -364,6 +370,7 @@ def test_standalone_resumes_at_the_missing_runs(smoke, tmp_path):
     assert json.loads((work / "steps.json").read_text())["standalone"]["sessions"] == 2
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_a_deadline_cuts_the_runs_and_leaves_the_step_unfinished(smoke, tmp_path):
     results, _, _ = smoke
@@ -461,6 +468,7 @@ def test_student_vs_matched_by_hand():
     assert same["ci"] == [pytest.approx(5.0), pytest.approx(5.0)]
 
 
+@pytest.mark.slow  # the smoke scale, end to end
 @needs_fashion
 def test_the_pilot_rule_stops_the_run_before_the_truth_runs(smoke, tmp_path, monkeypatch):
     """A binding rule that cannot be met (more architectures needed than drawn): the pilot's

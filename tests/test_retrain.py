@@ -136,6 +136,7 @@ def trained(tmp_path_factory):
     return run_dir, result, hook
 
 
+@pytest.mark.slow
 def test_retrain_learns_digits_and_exports(trained):
     run_dir, result, hook = trained
     assert result.model == "model/model.safetensors" and result.meta == "model/model.json"
@@ -155,6 +156,7 @@ def test_retrain_learns_digits_and_exports(trained):
     assert meta["onnx"]["onnxruntime_max_abs_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_exported_model_reloads_with_load_model_and_plain_timm(trained):
     run_dir, result, _ = trained
     import safetensors.torch
@@ -183,6 +185,7 @@ def test_exported_model_reloads_with_load_model_and_plain_timm(trained):
     assert resolve_model_data_config(from_dir)["mean"] == (0.3, 0.3, 0.3)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_onnxruntime(trained, tmp_path):
     import onnxruntime as ort
     run_dir, _, _ = trained
@@ -198,6 +201,7 @@ def test_onnx_export_matches_onnxruntime(trained, tmp_path):
         assert abs(got - want).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path):
     cfg = TimmRetrainerConfig(epochs=3, batch_size=64, warmup_epochs=1)
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -228,6 +232,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path):
     assert [h["loss"] for h in hist_a] == [h["loss"] for h in hist_b]
 
 
+@pytest.mark.slow
 def test_resume_state_of_another_recipe_is_not_reused(tmp_path):
     hook = Hook(stop_at="retrain epoch 2/2")
     with pytest.raises(KeyboardInterrupt):
@@ -239,6 +244,7 @@ def test_resume_state_of_another_recipe_is_not_reused(tmp_path):
     assert other.tasks[0][0] == "retrain epoch 1/2"
 
 
+@pytest.mark.slow
 def test_distillation_alone_teaches_the_student(trained, tmp_path):
     run_dir, _, _ = trained
     teacher = load_model(run_dir / "model")
@@ -263,6 +269,7 @@ def test_batch_larger_than_train_split_is_a_data_error(tmp_path):
         TimmRetrainer(TimmRetrainerConfig(batch_size=4096)).retrain(make_ctx(tmp_path), SELECTION)
 
 
+@pytest.mark.slow
 def test_load_model_refuses_bad_folders(trained, tmp_path):
     with pytest.raises(dnax.ArtifactError, match="missing"):
         load_model(tmp_path)
@@ -298,6 +305,7 @@ def test_plugin_runs_as_a_pipeline_stage(tmp_path):
     assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_eval_every_measures_val_only_on_those_epochs_and_the_last(tmp_path):
     cfg = TimmRetrainerConfig(epochs=3, batch_size=64, eval_every=2, ema_decay=0)
     result = TimmRetrainer(cfg).retrain(make_ctx(tmp_path), SELECTION)

@@ -230,6 +230,7 @@ def _dist_worker(rank, run_dir, port, out):
     (Path(out) / f"events{rank}.json").write_text(json.dumps(rec.events))
 
 
+@pytest.mark.slow
 def test_two_processes_run_the_pipeline_hooks_on_rank_0_only(tmp_path):
     """torchrun-style (gloo): both ranks run every stage; observers hear each event once."""
     import socket

@@ -121,6 +121,7 @@ def _check(scores, costs, budgets, ks, front=True):
             assert np.allclose(got, want_front, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(wide_instances())
 def test_top_k_against_brute_force(inst):

@@ -61,6 +61,7 @@ def test_three_budgets_at_the_paper_size_equal_highs(seed, tightness):
                                                                     strict=True)), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_time_limit_returns_the_best_found_with_a_proven_gap():
     """Past the limit (here: at once, after the first pass) the answer is feasible, not proven,
     and the optimum (HiGHS) lies between the proven lower bound and the returned score."""
@@ -77,6 +78,7 @@ def test_time_limit_returns_the_best_found_with_a_proven_gap():
     assert full.optimal and full.top[0].score == pytest.approx(ref, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_digits_pipeline_under_params_flops_and_latency(tmp_path):
     """The digits example (1 epoch per stage) with a measured latency table and a budget on
     each of params, FLOPs and latency: its selection is the brute-force best of all 160,000
@@ -151,6 +153,7 @@ def _grid_brute_force(rankings, fixed, budgets, key="nmae"):
     return best, best_choice
 
 
+@pytest.mark.slow
 def test_digits_with_cells_of_two_widths_end_to_end(tmp_path):
     """Block 1 of the digits example offers a 1-layer cell of 32 channels and a 2-layer cell of
     40: the run ends with a retrained network; the selection is the brute-force best under the

@@ -256,6 +256,7 @@ def test_lite0_class_count_must_match_the_data(tmp_path):
 
 # --- training on real digits -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_teacher_trains_on_digits_saves_and_resumes(tmp_path):
     data = Digits(DigitsConfig(limit=300))
     kw = dict(epochs=2, batch_size=16, lr=0.02, warmup_epochs=0)

@@ -48,6 +48,7 @@ def malicious(path: Path, marker: Path, state: dict) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs a pipeline (tiny_reference)
 def test_malicious_teacher_weights_are_refused(tiny_reference, tmp_path, fault):
     marker = tmp_path / "pwned"
     from dnax.plugins.teachers.efficientnet import EfficientNetTeacher
@@ -74,6 +75,7 @@ RESUMES = {"teacher": "teacher/resume.pt", "train": "supernets/resume.pt",
            "retrain": "model/resume.pt"}
 
 
+@pytest.mark.slow  # runs a pipeline (tiny_reference)
 @pytest.mark.parametrize("stage", list(RESUMES))
 def test_malicious_resume_state_is_refused(tiny_reference, tmp_path, fault, stage):
     """A run directory from elsewhere whose interrupted stage holds a booby-trapped resume
