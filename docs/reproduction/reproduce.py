@@ -1360,6 +1360,8 @@ def ranking_section(raw: Raw) -> tuple[list[str], dict[str, Any] | None]:
             diff = c.kendall_rows(g[idx], mean[idx]) - c.kendall_rows(x[idx], mean[idx])
             d = c.kendall_rows(g[None], mean[None])[0] - c.kendall_rows(x[None], mean[None])[0]
             ci = c.interval(diff, 0.95)
+            if label == "DNA":  # PROTOCOL.md's endpoints read these
+                rep.setdefault("versus_size", {})[k] = {"value": float(d), "ci": ci}
             out.append(f"- τ({label}) - τ({k}) = {_f(d, '.2f')}, 95 % CI [{_f(ci[0], '.2f')}, "
                        f"{_f(ci[1], '.2f')}] (paired bootstrap)")
     out += noise_lines(truth)
@@ -1405,7 +1407,6 @@ def student_vs_matched(student: Sequence[float], matched: Sequence[Sequence[floa
 
 def protocol_section(raw: Raw, rank: dict[str, Any] | None, exp: Experiment) -> list[str]:
     """PROTOCOL.md's pilot, endpoints and verdict (scales with a pilot); the scatter PNGs."""
-    c = stats()
     pilot = raw.pilot or {"rungs": [], "decision": None}
     out = ["The pilot (PROTOCOL.md's rule): the sample's first "
            f"{raw.settings['pilot_archs']} architectures x seeds "
@@ -1429,23 +1430,15 @@ def protocol_section(raw: Raw, rank: dict[str, Any] | None, exp: Experiment) -> 
     sample, truth = rank["sample"], rank["truth"]
     mean = np.nanmean(truth, axis=1)
     n_boot = raw.settings["n_boot"]
-    idx = c.resamples(len(sample), n_boot, 0)  # the same resamples for every predictor
-    g = -np.array([a["rating"] for a in sample])
-    preds = {"FLOPs": np.array([a["flops"] for a in sample], dtype=np.float64),
-             "params": np.array([a["params"] for a in sample], dtype=np.float64),
-             "SPOS": np.array(rank["spos"], dtype=np.float64),
-             "depth": np.array([sum(a["depths"]) for a in sample], dtype=np.float64)}
-    tau_g = c.kendall_rows(g[idx], mean[idx])
-    point_g = c.kendall_rows(g[None], mean[None])[0]
-    ends = {}
-    for k, x in preds.items():
-        if not np.isfinite(x).all():
-            continue
-        diff = tau_g - c.kendall_rows(x[idx], mean[idx])
-        ends[k] = {"value": float(point_g - c.kendall_rows(x[None], mean[None])[0]),
-                   "ci": c.interval(diff, 0.95)}
+    # the ranking section's paired differences (its resamples are analyse's, the same for
+    # every predictor)
+    size = rank["versus_size"]
+    ends = {"FLOPs": size["flops"], "params": size["params"], "depth": size["depth"]}
+    if "difference" in rank:
+        ends["SPOS"] = {"value": rank["difference"]["kendall"], "ci": rank["difference"]["ci"]}
     pk = rank["partial_kendall"]
-    ceiling = float(c.kendall_rows(truth[None, :, 0], truth[None, :, 1])[0])
+    pairs = (rank["noise_ceiling"] or {}).get("pairs")
+    ceiling = float(pairs[0]["kendall"]) if pairs else math.nan  # the first two seeds
     out += [f"Endpoints over n = {len(sample)} architectures, paired bootstrap ({n_boot:,} "
             "resamples of the architectures, the same for every predictor), 95 % percentile "
             "intervals:", "",
@@ -1457,7 +1450,7 @@ def protocol_section(raw: Raw, rank: dict[str, Any] | None, exp: Experiment) -> 
         if k in ends:
             out.append(f"| secondary: τ(DNA) - τ({k}) | {_ci(ends[k])} |")
     out.append(f"| single-seed noise ceiling: τ(seed {raw.seeds[0]}, seed {raw.seeds[1]}) | "
-               f"{ceiling:.2f} |")
+               f"{_f(ceiling, '.2f')} |")
     matched = [a for a in raw.archs if a["group"] == "matched"]
     st = raw.top1("student")
     m = [[raw.top1("matched", a["id"]).get(k, math.nan) for k in raw.seeds] for a in matched]
@@ -1470,9 +1463,14 @@ def protocol_section(raw: Raw, rank: dict[str, Any] | None, exp: Experiment) -> 
     rank["endpoints"] = {"ends": ends, "verdict": word, "why": why, "ceiling": ceiling,
                          "matched": vs}
     out += ["", f"Verdict by PROTOCOL.md's rule: **{word}** ({why})"
-            + ("; **underpowered**: the single-seed ceiling is below 0.6" if ceiling < 0.6
+            + ("; **underpowered**: the single-seed ceiling is below 0.6" if not ceiling >= 0.6
                else "") + ".", ""]
-    out += scatter_pngs(exp, sample, mean, {"DNA rating (minus summed nmae)": g, **preds})
+    preds = {"DNA rating (minus summed nmae)": -np.array([a["rating"] for a in sample]),
+             "FLOPs": np.array([a["flops"] for a in sample], dtype=np.float64),
+             "params": np.array([a["params"] for a in sample], dtype=np.float64),
+             "SPOS": np.array(rank["spos"], dtype=np.float64),
+             "depth": np.array([sum(a["depths"]) for a in sample], dtype=np.float64)}
+    out += scatter_pngs(exp, sample, mean, preds)
     return out
 
 
@@ -1657,7 +1655,8 @@ def reading(rank: dict[str, Any] | None, blocks: list[dict[str, Any]],
         out.append(f"- **Does the search beat choosing by size? {answer[end['verdict']]}** "
                    f"(PROTOCOL.md's rule: {end['verdict']}; {end['why']}"
                    + ("; underpowered: the single-seed noise ceiling is "
-                      f"{end['ceiling']:.2f} < 0.6" if end["ceiling"] < 0.6 else "") + ").")
+                      f"{_f(end['ceiling'], '.2f')} < 0.6" if not end["ceiling"] >= 0.6
+                      else "") + ").")
         if end["matched"]:
             vs = end["matched"]
             out.append(f"- Searched student against {vs['archs']} random architectures of its "
