@@ -304,7 +304,7 @@ def train_report(pipeline: Path | None, preset: str | None, *,
     dev = _device(device or (config.pipeline.device if config is not None else "auto"))
     blocks = teacher.blocks(res)
     space.check_blocks(blocks)
-    from dnax.plugins.trainers.bench import UNTRAINED, bench_train, teacher_network
+    from dnax.plugins.measure.bench_train import UNTRAINED, bench_train, teacher_network
 
     say = progress or (lambda _: None)
     with _threads(threads), tempfile.TemporaryDirectory(prefix="dnax-bench-") as scratch:
@@ -387,7 +387,7 @@ def rank(
     as_json: JsonOpt = False,
 ) -> None:
     """Time the prefix-shared tree walk against the plain per-candidate loop and its floor."""
-    from dnax.plugins.evaluators.bench import OPS
+    from dnax.plugins.measure.bench_rank import OPS
 
     problems: list[str] = []
     _positive(problems, depth=depth, batch_size=batch_size, batches=batches, size=size,
@@ -411,7 +411,7 @@ def rank_report(depth: int = 4, ops: int = 6, *, batch_size: int = 8, batches: i
                 seed: int = 0, progress: Callable[[str], Any] | None = None
                 ) -> tuple[dict[str, Any], list[Row], str]:
     """What ``dnax bench rank`` measures (options checked): its report, table rows, caption."""
-    from dnax.plugins.evaluators.bench import bench_rank
+    from dnax.plugins.measure.bench_rank import bench_rank
 
     dev = _device(device)
     result = bench_rank(depth, ops, batch_size=batch_size, batches=batches, size=size,
@@ -473,7 +473,7 @@ def select(
     as_json: JsonOpt = False,
 ) -> None:
     """Time the exact selector on the paper-sized space (288 .. 16848 candidates per block)."""
-    from dnax.plugins.selectors.bench import METRICS, bench_select
+    from dnax.plugins.measure.bench_select import METRICS, bench_select
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     problems: list[str] = []

@@ -182,9 +182,9 @@ def _autocast_scores(depth: int, ops: int, batch_size: int, size: int, device: s
     (the ``dnax bench rank`` cell, one batch, BatchNorm recalibrated on it)."""
     import torch
 
-    from dnax.plugins.costs.profile import spearman
-    from dnax.plugins.evaluators.bench import bench_supernet
     from dnax.plugins.evaluators.tree import METRICS, make_groups, score_weights, walk_cell
+    from dnax.plugins.measure.bench_rank import bench_supernet
+    from dnax.plugins.measure.profile import spearman
 
     torch.manual_seed(seed)
     cell = bench_supernet(depth, ops, teacher_in=32, teacher_out=48).to(device).eval().cells[0]
@@ -243,8 +243,8 @@ def _paper_rank(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
 
     from dnax.cli.bench import _teacher_and_space, fmt
     from dnax.plugins.evaluators.tree import cell_shape, make_groups, score_weights, walk_cell
+    from dnax.plugins.measure.bench_train import teacher_network
     from dnax.plugins.toolkit.timing import synchronize
-    from dnax.plugins.trainers.bench import teacher_network
 
     t_start = time.perf_counter()
     dev, tiny = s["device"], s["tiny"]
@@ -328,7 +328,7 @@ def _profile(s: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     import numpy as np
 
     from dnax.cli.bench import fmt
-    from dnax.plugins.costs import profile as prof
+    from dnax.plugins.measure import profile as prof
 
     registry = _registry()
     tiny, k = s["tiny"], 3 if s["tiny"] else 10

@@ -1,5 +1,5 @@
 """``dnax bench data``: the ``distill`` step fed from image files against the same step on a
-batch already on the device (see :mod:`dnax.plugins.data.bench`)."""
+batch already on the device (see :mod:`dnax.plugins.measure.bench_data`)."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def data(
 
 def fashion_in_memory(source: Path, device: str, seed: int) -> dict[str, float]:
     """Fashion-MNIST's train split at 28 px, augmented, batches of 256: per image against
-    gathered on ``device`` (:func:`dnax.plugins.data.bench.bench_in_memory`)."""
-    from dnax.plugins.data.bench import bench_in_memory
+    gathered on ``device`` (:func:`dnax.plugins.measure.bench_data.bench_in_memory`)."""
     from dnax.plugins.data.fashion_mnist import FashionMNIST, FashionMNISTConfig
+    from dnax.plugins.measure.bench_data import bench_in_memory
 
     config = dnax.DataConfig(input_size=(3, 28, 28), mean=(0.5,) * 3, std=(0.25,) * 3,
                              interpolation="bicubic", crop_pct=1.0)
@@ -101,10 +101,10 @@ def data_report(folder: Path | None, preset: str = "paper", *, source: Path | No
                 threads: int | None = None, seed: int = 0, progress: Any = None
                 ) -> tuple[dict[str, Any], list[Row], str]:
     """What ``dnax bench data`` measures: its report, table rows, caption."""
-    from dnax.plugins.data.bench import bench_data, jpeg_folder
     from dnax.plugins.data.fashion_mnist import DEBIAN_ROOT
     from dnax.plugins.data.folder import Folder, FolderConfig
-    from dnax.plugins.trainers.bench import teacher_network
+    from dnax.plugins.measure.bench_data import bench_data, jpeg_folder
+    from dnax.plugins.measure.bench_train import teacher_network
 
     say = progress or (lambda _: None)
     label, teacher, space, _ = _teacher_and_space(None, preset)

@@ -1,7 +1,7 @@
 """``dnax correlate``: how well a run's ratings rank architectures against a ground-truth CSV.
 
 Registered in :mod:`dnax.cli.app` as ``app.command("correlate")(user_errors(correlate_command))``;
-the figures come from :func:`dnax.correlate`.
+the figures come from :func:`dnax.plugins.measure.correlate.correlate`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-import dnax
 from dnax.cli.common import out, print_json
 
 STATS = (("kendall", "Kendall τ-b"), ("spearman", "Spearman"), ("pearson", "Pearson"))
@@ -54,9 +53,11 @@ def correlate_command(
     CSV of ground truth, with bootstrap 95 % intervals, τ within parameter terciles and given
     parameters, a paired bootstrap against a second predictor, the top pick's regret and the
     noise ceiling between seeds."""
-    report = dnax.correlate(run_dir, truth, column=column, key=key, versus=versus,
-                            versus_lower=versus_lower, versus_run=versus_run, cost=cost,
-                            n_boot=bootstrap, seed=seed, plot=plot)
+    from dnax.plugins.measure.correlate import correlate
+
+    report = correlate(run_dir, truth, column=column, key=key, versus=versus,
+                       versus_lower=versus_lower, versus_run=versus_run, cost=cost,
+                       n_boot=bootstrap, seed=seed, plot=plot)
     if as_json:
         print_json(report)
         return

@@ -86,7 +86,8 @@ def profile_command(
     import dnax
     from dnax.cli.observer import RichObserver
     from dnax.plugins.costs import latency
-    from dnax.plugins.costs import profile as prof
+    from dnax.plugins.costs.runtimes import device_name
+    from dnax.plugins.measure import profile as prof
 
     if check_only and not check:
         raise dnax.ConfigError("--check-only: give --check K too")
@@ -105,7 +106,7 @@ def profile_command(
         t0 = time.perf_counter()
         if check_only:
             ctx = prof.make_context(config, registry, device)
-            name = prof.device_name(ctx.device)
+            name = device_name(ctx.device)
             path = Path(output) if output is not None else (
                 Path(pipeline).resolve().parent / f"latency-{prof.slug(name)}.json")
             table = latency.read_table(path)

@@ -7,10 +7,18 @@ pipeline runner, the run directory and the config loader. Plugins live in :mod:`
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .api import Run, load_model, load_pipeline, load_run, plan, run_pipeline, stage_context
+from .api import (
+    Run,
+    build_plugins,
+    load_model,
+    load_pipeline,
+    load_run,
+    plan,
+    run_pipeline,
+    stage_context,
+)
 from .config import PipelineConfig, PipelineSettings, existing_path, non_negative, positive
 from .context import DistInfo, Plugins, StageContext
-from .correlate import correlate
 from .errors import (
     ArtifactError,
     ConfigError,
@@ -109,7 +117,7 @@ __all__ = [
     "Workers",
     "atomic_write",
     "batches",
-    "correlate",
+    "build_plugins",
     "existing_path",
     "hookimpl",
     "hookspec",

@@ -12,7 +12,7 @@ from typing import Any
 from attrs import define, field
 
 from .config import PipelineConfig, load_config
-from .context import DistInfo, QuietHooks, StageContext
+from .context import DistInfo, Plugins, QuietHooks, StageContext
 from .errors import ArtifactError
 from .preflight import check_pipeline
 from .rundir import RunDir
@@ -38,6 +38,13 @@ def load_pipeline(source: str | os.PathLike | Mapping[str, Any] | PipelineConfig
                        _registry(registry))
 
 
+def build_plugins(source: Any, registry: Any = None) -> Plugins:
+    """Every plugin of a pipeline (a TOML path, a dict or a loaded config), built once: hand
+    them to :func:`stage_context` to call stages many times without rebuilding them."""
+    reg = _registry(registry)
+    return instantiate(load_pipeline(source, reg), reg)
+
+
 def plan(source: Any, registry: Any = None) -> Plan:
     """The search plan of a pipeline (per block the teacher's spec and its candidate count),
     once every check that needs no training has passed (as ``dnax validate``)."""
@@ -46,7 +53,8 @@ def plan(source: Any, registry: Any = None) -> Plan:
 
 
 def stage_context(source: Any, run_dir: str | os.PathLike, stage: str = "retrain", *,
-                  registry: Any = None, hook: Any = None) -> StageContext:
+                  registry: Any = None, hook: Any = None, plugins: Plugins | None = None
+                  ) -> StageContext:
     """A stage's context outside the runner, to call one plugin from research code.
 
     The pipeline's plugins are built from ``source``; the results of stages already finished in
@@ -55,13 +63,17 @@ def stage_context(source: Any, run_dir: str | os.PathLike, stage: str = "retrain
 
         ctx = dnax.stage_context("p.toml", "runs/p", "retrain")
         result = ctx.plugins.retrainer.retrain(ctx, my_selection)
+
+    ``plugins`` (from :func:`build_plugins`) are used as given instead of being built again.
     """
     reg = _registry(registry)
     config = load_pipeline(source, reg)
     rd = RunDir(run_dir)
     results = load_run(rd.root).results if rd.exists("config.toml") else {}
     device = resolve_device(config.pipeline.device, DistInfo())
-    return StageContext(stage, config, instantiate(config, reg), rd,
+    if plugins is None:
+        plugins = instantiate(config, reg)
+    return StageContext(stage, config, plugins, rd,
                         QuietHooks() if hook is None else hook, device, DistInfo(), results)
 
 

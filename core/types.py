@@ -160,7 +160,8 @@ class BlockRanking:
     it receives makes it cost. So ``costs[metric]`` is 1-D (one entry per candidate) where one
     width can enter the block, and 2-D ``(len(prev.out_widths), candidates)`` where several can,
     ``prev`` being the previous block's ranking: row ``r`` is the cost when the previous block's
-    chosen cell is ``prev.out_widths[r]`` wide (see :func:`dnax.correlate.network_costs`).
+    chosen cell is ``prev.out_widths[r]`` wide (the measurement package's ``network_costs``
+    sums a whole network's costs this way).
     """
 
     block: int

@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dnax.cli.app import app
-from dnax.plugins.data.bench import jpeg_folder
 from dnax.plugins.data.fashion_mnist import DEBIAN_ROOT
+from dnax.plugins.measure.bench_data import jpeg_folder
 
 needs_fmnist = pytest.mark.skipif(not (DEBIAN_ROOT / "train-labels-idx1-ubyte.gz").exists(),
                                   reason="needs dataset-fashion-mnist")

@@ -1,4 +1,4 @@
-"""`dnax correlate` and :func:`dnax.correlate`: every figure against an independent oracle.
+"""`dnax correlate` and :mod:`dnax.plugins.measure.correlate`: every figure against an oracle.
 
 Oracles: Kendall's τ-b by counting concordant, discordant and tied pairs; Spearman's rho by the
 rank-difference formula (no ties) or Pearson's r of brute-force average ranks; Pearson's r by
@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 import dnax
-from dnax.correlate import (
+from dnax.plugins.measure.correlate import (
     _json_ready,
     analyse,
     association,
+    correlate,
     kendall_rows,
     network_costs,
     pearson_rows,
@@ -350,7 +351,7 @@ def _rows(path):
 def test_run_ratings_params_and_figures(tiny_run):
     run = dnax.load_run(tiny_run)
     rk = run.rankings()
-    rep = dnax.correlate(tiny_run, TINY_CSV, versus="spos_score", n_boot=200, seed=3)
+    rep = correlate(tiny_run, TINY_CSV, versus="spos_score", n_boot=200, seed=3)
     rows = _rows(TINY_CSV)
     archs = list(dict.fromkeys(r["candidates"] for r in rows))
     choice = [tuple(map(int, a.split())) for a in archs]
@@ -379,7 +380,7 @@ def test_run_ratings_params_and_figures(tiny_run):
     seeds = [[float(r["accuracy"]) for r in rows if r["seed"] == s] for s in ("0", "1")]
     assert rep["noise_ceiling"]["kendall"] == pytest.approx(tau_b(*seeds))
     # a second run as the second predictor: the same run, no difference
-    same = dnax.correlate(tiny_run, TINY_CSV, versus_run=tiny_run, n_boot=50)
+    same = correlate(tiny_run, TINY_CSV, versus_run=tiny_run, n_boot=50)
     assert same["difference"]["ci"] == [0, 0]
 
 
@@ -390,7 +391,7 @@ def test_cli_json_table_and_plot(tiny_run, tmp_path):
                         "--bootstrap", "100", "--plot", png])
     assert res.exit_code == 0, res.stderr
     data = json.loads(res.stdout)
-    lib = dnax.correlate(tiny_run, TINY_CSV, versus="spos_score", n_boot=100)
+    lib = correlate(tiny_run, TINY_CSV, versus="spos_score", n_boot=100)
     assert data["predictors"] == lib["predictors"] and data["difference"] == lib["difference"]
     assert data["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("*.tmp"))
@@ -455,7 +456,7 @@ def test_cli_errors_are_one_line_each(tiny_run, tmp_path):
 def test_before_select_the_params_column_or_nothing(tiny_run, tmp_path):
     ranked = tmp_path / "ranked"
     faultkit.keep_until(tiny_run, ranked, "select")
-    rep = dnax.correlate(ranked, TINY_CSV, n_boot=20)
+    rep = correlate(ranked, TINY_CSV, n_boot=20)
     assert rep["params_source"] is None and "terciles" not in rep
     assert "params" not in rep["predictors"]
     with_params = tmp_path / "p.csv"
@@ -465,7 +466,7 @@ def test_before_select_the_params_column_or_nothing(tiny_run, tmp_path):
         w.writeheader()
         for k, r in enumerate(rows):
             w.writerow({**r, "params": 1000 + 10 * (k // 2)})
-    rep = dnax.correlate(ranked, with_params, n_boot=20)
+    rep = correlate(ranked, with_params, n_boot=20)
     assert rep["params_source"].startswith("the 'params' column")
     assert len(rep["terciles"]) == 3
     res = faultkit.cli(["correlate", ranked, TINY_CSV, "--bootstrap", "20"])

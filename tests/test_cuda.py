@@ -67,8 +67,8 @@ def test_export_of_a_cuda_trained_model_matches_onnxruntime(cuda_run):
 
 
 def test_tree_walk_under_autocast_ranks_as_float32():
-    from dnax.plugins.evaluators.bench import bench_supernet
     from dnax.plugins.evaluators.tree import make_groups, plain_cell, score_weights, walk_cell
+    from dnax.plugins.measure.bench_rank import bench_supernet
 
     torch.manual_seed(0)
     net = bench_supernet(3, 6).to(DEVICE).eval()

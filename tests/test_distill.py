@@ -291,7 +291,7 @@ def test_data_order_is_seeded_per_epoch_and_sharded():
 
 
 def test_bench_train_on_cpu():
-    from dnax.plugins.trainers.bench import bench_train
+    from dnax.plugins.measure.bench_train import bench_train
 
     teacher = TinyTeacher(TinyTeacherConfig())
     space = mbconv.MBConvSpace(mbconv.MBConvSpaceConfig(

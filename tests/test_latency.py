@@ -20,9 +20,9 @@ import typer
 from typer.testing import CliRunner
 
 import dnax
-from dnax.plugins.costs import latency
-from dnax.plugins.costs import profile as prof
+from dnax.plugins.costs import latency, runtimes
 from dnax.plugins.costs.latency import Latency, LatencyConfig
+from dnax.plugins.measure import profile as prof
 from dnax.plugins.toolkit import timing
 from dnax.registry import Registry
 
@@ -142,7 +142,7 @@ def _known_ms(key: str) -> float:
     return 0.05 + (sum(key.encode()) % 97) / 100
 
 
-class StubRuntime(prof.Runtime):
+class StubRuntime(runtimes.Runtime):
     """Parts take :func:`_known_ms` of their key; a whole network the calibration's affine
     function of them, exactly; no clock is read."""
 
@@ -182,7 +182,7 @@ def stubbed(tmp_path_factory, reg):
 def test_stubbed_parts_are_the_table_and_the_fit_recovers_the_calibration(stubbed, reg):
     config, table, _ = stubbed
     entry = _entry(table)
-    assert table["device"] == f"{prof.device_name('cpu')} [stub]" and entry["runtime"] == "stub"
+    assert table["device"] == f"{runtimes.device_name('cpu')} [stub]" and entry["runtime"] == "stub"
     assert set(entry["ops"]) == _expected_keys(_ctx(config, reg))
     assert all(v == _known_ms(k) for part in ("ops", "fixed") for k, v in entry[part].items())
     cal = entry["calibration"]
@@ -317,7 +317,7 @@ def test_table_records_the_protocol(measured):
 
 def test_profile_covers_every_distinct_op(measured, reg):
     config, table, path = measured
-    assert table["format"] == latency.KIND and table["device"] == prof.device_name("cpu")
+    assert table["format"] == latency.KIND and table["device"] == runtimes.device_name("cpu")
     entry = _entry(table)
     assert (entry["batch_size"], entry["resolution"], entry["threads"]) == (1, 32, 1)
     expected = _expected_keys(_ctx(config, reg))
@@ -515,7 +515,8 @@ def test_real_check_is_loosely_close(reg, tmp_path):
 # --- onnxruntime ----------------------------------------------------------------------------
 
 def test_onnxruntime_parts_from_its_profile():
-    plan = prof.Plan((0, 0), (("ds",), ("a", "b"), ("c",)), 1, (2, 1), ("s", "a", "b", "c", "h"))
+    plan = runtimes.Plan((0, 0), (("ds",), ("a", "b"), ("c",)), 1, (2, 1),
+                         ("s", "a", "b", "c", "h"))
     node = lambda ts, name, dur: {"cat": "Node", "ts": ts, "dur": dur,  # noqa: E731
                                   "name": f"{name}_kernel_time"}
     events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
@@ -527,7 +528,7 @@ def test_onnxruntime_parts_from_its_profile():
               node(8, "/conv_head/Conv", 6), node(9, "/classifier/Gemm", 2),
               {"cat": "Session", "name": "model_run", "ts": 200, "dur": 50},
               node(201, "ReorderInput_token_1", 1), node(202, "/global_pool/pool/Pool", 8)]
-    got = prof.ort_part_times(events, plan)
+    got = runtimes.ort_part_times(events, plan)
     assert got == [pytest.approx([0.016, 0.009, 0.003, 0.004, 0.008]),
                    pytest.approx([0.001, 0, 0, 0, 0.008])]
 
@@ -538,7 +539,7 @@ def test_onnxruntime_runtime(tmp_path, reg):
     config = _config(tmp_path, reg)
     table = prof.profile(config, reg, repeats=2, warmup=1, networks=3, occurrences=1,
                          device="cpu", runtime="onnxruntime")
-    name = prof.device_name("cpu")
+    name = runtimes.device_name("cpu")
     entry = _entry(table)
     assert table["device"] == f"{name} [onnxruntime]" and entry["runtime"] == "onnxruntime"
     assert entry["onnxruntime"] and entry["threads"] == 1
@@ -583,7 +584,7 @@ def test_profile_command(tmp_path, reg, monkeypatch):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     written = Path(data["table"])
-    assert written == tmp_path / f"latency-{prof.slug(prof.device_name('cpu'))}.json"
+    assert written == tmp_path / f"latency-{prof.slug(runtimes.device_name('cpu'))}.json"
     assert data["ops"] == 24 and len(data["check"]["networks"]) == 3
     assert data["runtime"] == "torch" and data["protocol"]["max_repeats"] == 2
     c = data["check"]

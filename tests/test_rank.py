@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import dnax
-from dnax.plugins.evaluators.bench import bench_rank
 from dnax.plugins.evaluators.prefix import PrefixConfig, PrefixEvaluator
 from dnax.plugins.evaluators.tree import (
     cell_shape,
@@ -23,6 +22,7 @@ from dnax.plugins.evaluators.tree import (
     shard_prefixes,
     walk_cell,
 )
+from dnax.plugins.measure.bench_rank import bench_rank
 from dnax.plugins.toolkit.supernet import load_supernet
 
 # --- a small supernet that follows the contract -------------------------------------------------

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from dnax.cli.bench import RANK_MAX_BATCH, rank_report
-from dnax.plugins.evaluators.bench import bench_supernet, floor_shapes, walk_floor
 from dnax.plugins.evaluators.tree import (
     MAX_BATCH,
     _preserved,
@@ -21,6 +20,7 @@ from dnax.plugins.evaluators.tree import (
     tree_nodes,
     walk_cell,
 )
+from dnax.plugins.measure.bench_rank import bench_supernet, floor_shapes, walk_floor
 
 
 def brute_force_nodes(shape: tuple[int, ...]) -> Counter:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from oracles import brute_force
 
 import dnax
+from dnax.plugins.measure.bench_select import bench_select, synthetic_problem
 from dnax.plugins.selectors import pareto
-from dnax.plugins.selectors.bench import bench_select, synthetic_problem
 from dnax.plugins.selectors.exact import Exact, ExactConfig, normalise
 
 

@@ -13,9 +13,9 @@ import tomli_w
 import torch
 
 import dnax
-from dnax.plugins.costs import profile as prof
+from dnax.plugins.measure import profile as prof
+from dnax.plugins.measure.bench_select import highs_optimum, synthetic_problem
 from dnax.plugins.selectors import pareto
-from dnax.plugins.selectors.bench import highs_optimum, synthetic_problem
 from dnax.registry import get_registry
 
 DIGITS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"

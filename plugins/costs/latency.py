@@ -1,7 +1,7 @@
 """Cost model ``latency``: milliseconds per batch, from per-layer times measured in context and a
 calibration fitted on measured whole networks.
 
-``dnax profile PIPELINE.toml`` (see :mod:`dnax.plugins.costs.profile`) builds random whole
+``dnax profile PIPELINE.toml`` (see :mod:`dnax.plugins.measure.profile`) builds random whole
 networks of the space (enough for every distinct layer op, stem and head to run in at least a
 few of them), times each layer inside them as it runs there (after its predecessor, on its
 output), and fits ``measured ~ scale * Σ parts + per_layer_ms * layers + offset_ms`` on the
@@ -41,12 +41,12 @@ from torch import nn
 import dnax
 
 from .common import LayerSig, LayerwiseCost, out_size
+from .runtimes import measure_model
 
 #: ``format`` and ``format_version`` of a latency table
 KIND = "dnax-latency"
 VERSION = 2
 #: the runtimes a table can be measured with
-RUNTIMES = ("torch", "onnxruntime")
 
 
 def _table_file(_inst: Any, _attr: Any, value: Path) -> None:
@@ -260,8 +260,6 @@ class Latency(TableCost, dnax.NetworkTimer):
         times networks: same device, runtime, threads, batch size and protocol. Returns
         ``{"ms": ..., "repeats": ..., "stable": ...}``, or ``{"skipped": reason}`` where this
         machine is not the table's device."""
-        from .profile import measure_model
-
         return measure_model(ctx, model, self.entry[1])
 
 

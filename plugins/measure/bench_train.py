@@ -11,8 +11,7 @@ from torch import nn
 
 import dnax
 from dnax.plugins.toolkit.timing import median_ms
-
-from .distill import DistillConfig, DistillStep, PathSampler, feature_loss
+from dnax.plugins.trainers.distill import DistillConfig, DistillStep, PathSampler, feature_loss
 
 #: how :func:`teacher_network` made the weights of the network it returns
 UNTRAINED = "untrained (timing only)"

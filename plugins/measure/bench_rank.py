@@ -10,12 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dnax.plugins.toolkit.builder import build_layer
-from dnax.plugins.toolkit.supernet import BlockSupernet, Cell, adapter
-from dnax.plugins.toolkit.timing import median_ms, time_once
-from dnax.plugins.toolkit.training import amp_dtype, autocast
-
-from .tree import (
+from dnax.plugins.evaluators.tree import (
     MAX_BATCH,
     Group,
     _bns,
@@ -29,6 +24,10 @@ from .tree import (
     tree_nodes,
     walk_cell,
 )
+from dnax.plugins.toolkit.builder import build_layer
+from dnax.plugins.toolkit.supernet import BlockSupernet, Cell, adapter
+from dnax.plugins.toolkit.timing import median_ms, time_once
+from dnax.plugins.toolkit.training import amp_dtype, autocast
 
 #: (kernel, expansion) of each op, the paper's 6 first: kernel {3,5,7} x expansion {3,6}
 OPS: tuple[tuple[int, int], ...] = tuple((k, e) for e in (3, 6, 4, 2, 1) for k in (3, 5, 7))

@@ -15,9 +15,8 @@ import torch
 
 import dnax
 from dnax.loading import in_memory, resolve_workers
+from dnax.plugins.data.fashion_mnist import DEBIAN_ROOT
 from dnax.plugins.trainers.distill import DistillConfig, DistillStep, PathSampler
-
-from .fashion_mnist import DEBIAN_ROOT
 
 
 def jpeg_folder(root: Path, *, images: int = 512, size: int = 224,

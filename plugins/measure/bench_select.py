@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from dnax.plugins.costs.common import head_part, stem_part
+from dnax.plugins.selectors.pareto import solve
 from dnax.plugins.toolkit.builder import build_layer, build_network
 from dnax.plugins.toolkit.training import count_flops
-
-from .pareto import solve
 
 #: per block: layers of each cell, (input width, output width, stride, input size at 224 px)
 PAPER_DEPTHS = ((2, 2, 3), (2, 3, 4), (2, 3, 4), (3, 4, 4), (4, 5, 5), (1,))

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 from attrs import frozen
 
-from .api import Run, load_run
-from .errors import ArtifactError, ConfigError
-from .rundir import save_figure
-from .types import BlockRanking
+from dnax.api import Run, load_run
+from dnax.errors import ArtifactError, ConfigError
+from dnax.rundir import save_figure
+from dnax.types import BlockRanking
 
 #: at most this many problems of a CSV are listed, then a count of the rest
 MAX_PROBLEMS = 20
