@@ -1,6 +1,7 @@
-"""docs/reproduction/reproduce.py: the smoke scale end to end on real Fashion-MNIST images (two
-processes sharing the stand-alone runs), its raw files checked against independent counts, the
-table regenerated from the raw files alone, resuming, and the deadline."""
+"""docs/reproduction/reproduce.py and its package repro/: the smoke scale end to end on real
+Fashion-MNIST images (two processes sharing the stand-alone runs), its raw files checked against
+independent counts, the table regenerated from the raw files alone, resuming, and the
+deadline."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _load():
+    """The entry script, loaded by its path; it puts its folder on sys.path for its package."""
     spec = importlib.util.spec_from_file_location("dnax_reproduce", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -37,7 +39,8 @@ def _load():
     return module
 
 
-repro = _load()
+script = _load()  # main(): the command line
+repro = importlib.import_module("repro")  # docs/reproduction/repro/: the steps' modules
 
 needs_fashion = pytest.mark.skipif(
     not (FASHION / "train-images-idx3-ubyte.gz").exists(),
@@ -58,7 +61,7 @@ def _one_thread():
 @pytest.mark.parametrize("n", [4, 27, 32, 60])
 def test_stratified_depths_cover_the_combinations_evenly(n):
     combos = list(itertools.product(range(3), repeat=3))
-    got = repro.stratified_depths(n, 3, np.random.default_rng(0))
+    got = repro.sample.stratified_depths(n, 3, np.random.default_rng(0))
     assert len(got) == n
     counts = collections.Counter(got)
     assert set(counts) <= set(combos)
@@ -80,29 +83,29 @@ def test_block_picks_spread_over_the_cells_as_their_sizes_allow(n, want):
                     for _ in range(size)]
 
     blocks = [SimpleNamespace(index=b) for b in range(2)]
-    picks = repro.block_picks(Space(), blocks, n, seed=0)
+    picks = repro.blocks.block_picks(Space(), blocks, n, seed=0)
     assert len(picks) == len(set(picks)) == 2 * sum(want)
     for b in range(2):
         cells = collections.Counter(Space().candidates(None)[i].cell for k, i in picks if k == b)
         assert [cells[c] for c in range(3)] == want
     # a smaller n picks a prefix of what a larger one picks (a rerun with more only adds)
-    assert set(repro.block_picks(Space(), blocks, 3, seed=0)) <= set(picks)
+    assert set(repro.blocks.block_picks(Space(), blocks, 3, seed=0)) <= set(picks)
 
 
 @pytest.mark.slow  # starts processes
 def test_claims_are_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
-    exp = repro.Experiment(tmp_path, "smoke")
-    task = repro.Task("arch000-s0", "sample", 0, 0)
+    exp = repro.common.Experiment(tmp_path, "smoke")
+    task = repro.standalone.Task("arch000-s0", "sample", 0, 0)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "claims").mkdir()
     (tmp_path / "claims" / task.name).write_text(str(dead.pid))
-    assert repro.claim(exp, task)  # its owner has exited
+    assert repro.standalone.claim(exp, task)  # its owner has exited
     assert (tmp_path / "claims" / task.name).read_text() == str(os.getpid())
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / "claims" / task.name).write_text(str(alive.pid))
-        assert not repro.claim(exp, task)  # a live process holds it
+        assert not repro.standalone.claim(exp, task)  # a live process holds it
     finally:
         alive.kill()
         alive.wait()
@@ -122,7 +125,7 @@ def smoke(tmp_path_factory):
 def _run(args: list[str]) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert repro.main(args) == 0
+        assert script.main(args) == 0
     return buf.getvalue()
 
 
@@ -137,9 +140,9 @@ def test_smoke_writes_every_raw_file(smoke):
     import dnax
 
     results, _, _ = smoke
-    s = repro.SCALES["smoke"]
+    s = repro.common.SCALES["smoke"]
     steps = json.loads((results / "steps.json").read_text())
-    assert set(steps) == {*repro.STEPS[:-1], "all"}
+    assert set(steps) == {*repro.common.STEPS[:-1], "all"}
     assert all(r.get("finished") and r["sessions"] == 1 for r in steps.values())
 
     spec = json.loads((results / "archs.json").read_text())
@@ -172,7 +175,7 @@ def test_smoke_writes_every_raw_file(smoke):
     assert longer.results["teacher"].metrics == run.results["teacher"].metrics
     assert longer.results["teacher"].weights == run.results["teacher"].weights
     toml = tomllib.loads((results / "pipeline-longer.toml").read_text())
-    assert toml["trainer"]["epochs"] == repro.LONGER * s.distill_epochs
+    assert toml["trainer"]["epochs"] == repro.common.LONGER * s.distill_epochs
     rescored = {(int(r["block"]), int(r["candidate"])): r
                 for r in _csv(results / "scores-longer.csv")}
     assert rescored.keys() == scores.keys()
@@ -316,7 +319,7 @@ def test_rerun_skips_finished_steps_and_regenerates_the_same_table(smoke):
     results, args, _ = smoke
     before = (results / "RESULTS.md").read_text()
     out = _run(args)
-    assert out.count("finished earlier, skipped") == len(repro.STEPS) - 1
+    assert out.count("finished earlier, skipped") == len(repro.common.STEPS) - 1
     assert (results / "RESULTS.md").read_text().split("## Wall time")[0] == \
         before.split("## Wall time")[0]
     _run([*args, "table"])
@@ -331,7 +334,7 @@ def test_table_needs_only_the_raw_files(smoke, tmp_path):
     results, _, _ = smoke
     copy = tmp_path / results.name  # same folder name: the table names it
     copy.mkdir()
-    for name in repro.Experiment.RAW:
+    for name in repro.common.Experiment.RAW:
         shutil.copy(results / name, copy / name)
     _run(["table", "--scale", "smoke", "--results", str(results), "--table",
           str(results / "RESULTS.md")])
@@ -344,12 +347,12 @@ def _cut(results: Path, work: Path, drop: int) -> list[dict[str, str]]:
     """A copy of the results as if killed after all but the last ``drop`` stand-alone runs."""
     shutil.copytree(results, work)
     rows = _csv(work / "standalone.csv")
-    repro.write_csv(work / "standalone.csv", rows[:-drop], repro.STANDALONE)
+    repro.common.write_csv(work / "standalone.csv", rows[:-drop], repro.standalone.STANDALONE)
     for r in rows[-drop:]:
         shutil.rmtree(work / "standalone" / r["name"], ignore_errors=True)
     steps = json.loads((work / "steps.json").read_text())
     del steps["standalone"]["finished"]
-    repro.write_json(work / "steps.json", steps)
+    repro.common.write_json(work / "steps.json", steps)
     shutil.rmtree(work / "claims", ignore_errors=True)
     return rows
 
@@ -385,14 +388,14 @@ def test_a_deadline_cuts_the_runs_and_leaves_the_step_unfinished(smoke, tmp_path
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path):
-    repro.write_json(tmp_path / "settings.json", {"scale": "smoke", "seed": 1})
+    repro.common.write_json(tmp_path / "settings.json", {"scale": "smoke", "seed": 1})
     with pytest.raises(SystemExit, match="other settings"):
-        repro.main(["table", "--scale", "smoke", "--results", str(tmp_path)])
+        script.main(["table", "--scale", "smoke", "--results", str(tmp_path)])
 
 
 def test_table_without_raw_files_says_what_is_missing(tmp_path):
     with pytest.raises(SystemExit, match=r"settings\.json: missing"):
-        repro.main(["table", "--scale", "smoke", "--results", str(tmp_path / "none")])
+        script.main(["table", "--scale", "smoke", "--results", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
 
 
@@ -401,7 +404,8 @@ def test_table_without_raw_files_says_what_is_missing(tmp_path):
 def test_pilot_rung_by_hand():
     # per architecture (ddof 1): 2, 0, 2 -> seed variance 4/3; means 81, 85, 89 -> variance
     # 16, less (4/3) / 2 seeds -> 46/3; r1 = (46/3) / (46/3 + 4/3) = 0.92
-    rung = repro.pilot_rung(np.array([[80, 82], [85, 85], [90, 88]]), [20.0, 30.0, 40.0], 10)
+    rung = repro.standalone.pilot_rung(np.array([[80, 82], [85, 85], [90, 88]]),
+                                       [20.0, 30.0, 40.0], 10)
     assert rung["s_seed"] == pytest.approx((4 / 3) ** 0.5)
     assert rung["s_arch"] == pytest.approx((46 / 3) ** 0.5)
     assert rung["r1"] == pytest.approx(0.92)
@@ -409,7 +413,7 @@ def test_pilot_rung_by_hand():
     assert rung["seconds_per_epoch"] == pytest.approx(3.0)  # median 30 s over 10 epochs
     assert rung["met"]
     # the architectures' variance floored at 0: all the spread is the seeds'
-    flat = repro.pilot_rung(np.array([[80, 90], [90, 80], [85, 85]]), [1.0], 1)
+    flat = repro.standalone.pilot_rung(np.array([[80, 90], [90, 80], [85, 85]]), [1.0], 1)
     assert flat["r1"] == 0.0 and flat["expected_tau"] == 0.0 and not flat["met"]
 
 
@@ -420,21 +424,21 @@ def test_expected_seed_tau_matches_a_simulation():
     for r1 in (0.3, 0.809, 0.95):
         arch = rng.normal(0, np.sqrt(r1), 40_000)
         a, b = (arch + rng.normal(0, np.sqrt(1 - r1), 40_000) for _ in range(2))
-        rung = repro.pilot_rung(np.stack([a, b], 1), [1.0], 1)
+        rung = repro.standalone.pilot_rung(np.stack([a, b], 1), [1.0], 1)
         assert rung["r1"] == pytest.approx(r1, abs=0.02)
         assert rung["expected_tau"] == pytest.approx(stats.kendalltau(a, b).statistic,
                                                      abs=0.015)
 
 
 def test_pilot_size_by_hand():
-    s = repro.SCALES["gpu"]  # pilot 8, matched 5, min 32, at most 96 architectures
+    s = repro.common.SCALES["gpu"]  # pilot 8, matched 5, min 32, at most 96 architectures
     rung = {"seconds_per_epoch": 2.0, "epochs": 10, "seeds": 3}  # 60 s per architecture
     # 4 workers x 600 s = 40 architectures, + the pilot's 8, - the student and 5 matched = 42
-    assert repro.pilot_size(rung, s, 4, 600.0) == 42
-    assert repro.pilot_size(rung, s, 4, 300.0) is None  # 20 + 8 - 6 = 22 < 32
-    assert repro.pilot_size(rung, s, 64, 600.0) == 96  # capped at the sample drawn
-    assert repro.pilot_size(rung, s, 4, None) == 96  # no deadline
-    assert repro.pilot_size(rung, dataclasses.replace(s, archs=30), 4, None) is None
+    assert repro.standalone.pilot_size(rung, s, 4, 600.0) == 42
+    assert repro.standalone.pilot_size(rung, s, 4, 300.0) is None  # 20 + 8 - 6 = 22 < 32
+    assert repro.standalone.pilot_size(rung, s, 64, 600.0) == 96  # capped at the sample drawn
+    assert repro.standalone.pilot_size(rung, s, 4, None) == 96  # no deadline
+    assert repro.standalone.pilot_size(rung, dataclasses.replace(s, archs=30), 4, None) is None
 
 
 @pytest.mark.parametrize(("e1", "e2", "want"), [
@@ -449,7 +453,7 @@ def test_verdict_follows_the_protocol(e1, e2, want):
     def end(v):
         return {"value": v[0], "ci": [v[1], v[2]]}
 
-    word, why = repro.verdict(end(e1), end(e2))
+    word, why = repro.analysis.verdict(end(e1), end(e2))
     assert word == want
     if want == "inconclusive":
         assert why == ("τ(DNA) - τ(FLOPs)'s interval includes 0" if e2[1] > 0 else
@@ -460,11 +464,11 @@ def test_verdict_follows_the_protocol(e1, e2, want):
 def test_student_vs_matched_by_hand():
     # no spread within the student or within each matched architecture: every resample of the
     # seeds gives the same means; the architectures' resamples spread the matched mean
-    got = repro.student_vs_matched([80.0, 80.0], [[70.0, 70.0], [74.0, 74.0]], n_boot=4000)
+    got = repro.analysis.student_vs_matched([80.0, 80.0], [[70.0, 70.0], [74.0, 74.0]], n_boot=4000)
     assert got["value"] == pytest.approx(80 - 72)
     lo, hi = got["ci"]
     assert lo == pytest.approx(80 - 74) and hi == pytest.approx(80 - 70)
-    same = repro.student_vs_matched([80.0, 80.0], [[75.0, 75.0]] * 3, n_boot=500)
+    same = repro.analysis.student_vs_matched([80.0, 80.0], [[75.0, 75.0]] * 3, n_boot=500)
     assert same["ci"] == [pytest.approx(5.0), pytest.approx(5.0)]
 
 
@@ -474,21 +478,21 @@ def test_the_pilot_rule_stops_the_run_before_the_truth_runs(smoke, tmp_path, mon
     """A binding rule that cannot be met (more architectures needed than drawn): the pilot's
     runs only, a decision that says why, and no step after the pilot."""
     results, _, _ = smoke
-    scale = dataclasses.replace(repro.SCALES["smoke"], pilot_binding=True, epoch_ladder=(1,),
-                                min_archs=repro.SCALES["smoke"].archs + 1)
-    monkeypatch.setitem(repro.SCALES, "binding", scale)
+    scale = dataclasses.replace(repro.common.SCALES["smoke"], pilot_binding=True, epoch_ladder=(1,),
+                                min_archs=repro.common.SCALES["smoke"].archs + 1)
+    monkeypatch.setitem(repro.common.SCALES, "binding", scale)
     work = tmp_path / "binding"
     work.mkdir()
     for name in ("archs.json", "search.json", "scores.csv"):
         shutil.copy(results / name, work / name)
     shutil.copytree(results / "run", work / "run")
     steps = json.loads((results / "steps.json").read_text())
-    repro.write_json(work / "steps.json", {k: steps[k] for k in ("sample", "search")})
+    repro.common.write_json(work / "steps.json", {k: steps[k] for k in ("sample", "search")})
     settings = {**json.loads((results / "settings.json").read_text()),
                 **json.loads(json.dumps(dataclasses.asdict(scale))), "scale": "binding"}
     for k in ("workers", "minutes"):
         settings.pop(k)
-    repro.write_json(work / "settings.json", settings)
+    repro.common.write_json(work / "settings.json", settings)
     shutil.copy(results / "pipeline.toml", work / "pipeline.toml")
     out = _run(["--scale", "binding", "--results", str(work), "--threads", "1",
                 "--workers", "2"])
