@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,10 +12,11 @@ from attrs import define, field
 
 from .config import PipelineConfig, load_config
 from .context import DistInfo, Plugins, QuietHooks, StageContext
+from .costing import load_costs
 from .errors import ArtifactError
 from .preflight import check_pipeline
 from .rundir import RunDir
-from .runner import COSTS, STAGE_NAMES, instantiate, load_result, resolve_device
+from .runner import STAGE_NAMES, instantiate, load_result, resolve_device
 from .runner import run as _run
 from .types import BlockRanking, Plan, Selection
 
@@ -132,11 +132,9 @@ class Run:
         return self._costs()[1]
 
     def _costs(self) -> tuple[dict[str, Any], dict[str, float], dict[str, list[int]]]:
-        if "select" not in self.results or not self.run_dir.exists(COSTS):
+        if "select" not in self.results:
             return {}, {}, {}
-        arrays, meta = self.run_dir.load_tensors(COSTS, kind="costs")
-        return (arrays, json.loads(meta.get("fixed", "{}")),
-                json.loads(meta.get("cell_widths", "{}")))
+        return load_costs(self.run_dir)
 
     def _with_costs(self, r: BlockRanking) -> BlockRanking:
         arrays, _, widths = self._costs()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         Selector,
         Teacher,
     )
+    from .types import BlockRanking, RankingRef
 
 
 class QuietHooks:
@@ -103,6 +104,7 @@ class StageContext:
     device: str = "cpu"
     dist: DistInfo = field(factory=DistInfo)
     results: Mapping[str, Any] = field(factory=dict)
+    _ranked: set[int] = field(factory=set, init=False, repr=False)
 
     @property
     def seed(self) -> int:
@@ -121,6 +123,22 @@ class StageContext:
     def log(self, message: str) -> None:
         if self.dist.is_main:
             self.hook.dnax_log(stage=self.stage, message=message)
+
+    def save_ranking(self, ranking: BlockRanking, *, space_hash: str = "") -> RankingRef:
+        """Store a block's ranking (:meth:`RunDir.save_ranking`; call it on rank 0) and hand it
+        to the ``dnax_block_ranked`` observers as it is, without reading it back."""
+        ref = self.run_dir.save_ranking(ranking, space_hash=space_hash)
+        teacher = self.results.get("teacher")
+        block = next((b for b in teacher.blocks if b.index == ranking.block), None) \
+            if teacher is not None else None
+        self.hook.dnax_block_ranked(block=block, ranking=ranking)
+        self._ranked.add(ranking.block)
+        return ref
+
+    @property
+    def ranked(self) -> frozenset[int]:
+        """The blocks whose rankings :meth:`save_ranking` has stored in this stage."""
+        return frozenset(self._ranked)
 
     @property
     def data_config(self) -> Any:

@@ -153,7 +153,8 @@ def dnax_block_trained(block: Any, epoch: int, losses: Mapping[str, float], fina
 @hookspec
 def dnax_block_ranked(block: Any, ranking: Any) -> None:
     """Every candidate of a block has been scored; ``ranking`` is a :class:`dnax.BlockRanking`.
-    Fired by the runner after the rank stage, once per block."""
+    Fired once per block, as :meth:`dnax.StageContext.save_ranking` stores it (or by the runner
+    after the rank stage, for rankings an evaluator stored with ``ctx.run_dir.save_ranking``)."""
 
 
 @hookspec

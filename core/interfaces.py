@@ -221,7 +221,8 @@ class Evaluator(Plugin, ABC):
 
     @abstractmethod
     def rank(self, ctx: StageContext) -> RankResult:
-        """Stage ``rank``: store each block's scores (see :meth:`RunDir.save_ranking`)."""
+        """Stage ``rank``: store each block's scores with :meth:`StageContext.save_ranking`
+        (rank 0), which also hands them to the ``dnax_block_ranked`` observers."""
 
 
 class CostModel(Plugin, ABC):
@@ -261,7 +262,21 @@ class Selector(Plugin, ABC):
     @abstractmethod
     def select(self, ctx: StageContext, rankings: Sequence[BlockRanking],
                fixed_costs: Mapping[str, float]) -> Selection:
-        """Stage ``select``: ``rankings[i].costs[metric]`` holds each candidate's cost."""
+        """Stage ``select``: ``rankings[i].costs[metric]`` holds each candidate's cost (see
+        :mod:`dnax.costing`). Returns a complete :class:`Selection`: make it with
+        :meth:`selection`."""
+
+    def selection(self, ctx: StageContext, rankings: Sequence[BlockRanking],
+                  candidates: Sequence[int], score: float, costs: Mapping[str, float],
+                  budgets: Mapping[str, float] | None = None, **fields: Any) -> Selection:
+        """The complete :class:`Selection` of ``candidates`` (one index per block of
+        ``rankings``): the space's timm arch def and model arguments filled in."""
+        chosen = [r.candidates[i] for r, i in zip(rankings, candidates, strict=True)]
+        arch = ctx.plugins.space.arch_def(ctx.results["teacher"].blocks, chosen)
+        return Selection(tuple(int(i) for i in candidates), float(score),
+                         {k: float(v) for k, v in costs.items()}, dict(budgets or {}),
+                         arch_def=tuple(tuple(s) for s in arch),
+                         model_kwargs=ctx.plugins.space.model_kwargs(), **fields)
 
 
 class Retrainer(Plugin, ABC):

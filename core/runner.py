@@ -24,9 +24,10 @@ from attrs import frozen
 
 from .config import PipelineConfig
 from .context import DistInfo, Plugins, QuietHooks, StageContext
-from .errors import ArtifactError, ConfigError
+from .costing import cost
+from .errors import ArtifactError, ConfigError, PluginError
 from .interfaces import PLUGIN_KINDS
-from .preflight import check_pipeline, cost_rankings
+from .preflight import check_pipeline
 from .rundir import FORMAT_VERSION, RunDir, atomic_write_text
 from .staging import ASIDE, StagedRunDir, finish_swaps, plan_stages, swap
 from .types import (
@@ -70,34 +71,24 @@ def _train(ctx: StageContext) -> TrainResult:
 def _rank(ctx: StageContext) -> RankResult:
     result = ctx.plugins.evaluator.rank(ctx)
     ctx.dist.barrier()  # rank 0 has written every ranking before anyone reads one
-    if not ctx.dist.is_main:
-        return result
-    blocks = {b.index: b for b in ctx.results["teacher"].blocks}
-    for ref in result.blocks:
-        ctx.hook.dnax_block_ranked(block=blocks[ref.block],
-                                   ranking=ctx.run_dir.load_ranking(ref))
+    if ctx.dist.is_main:  # rankings stored with ctx.run_dir.save_ranking have fired no hook yet
+        blocks = {b.index: b for b in ctx.results["teacher"].blocks}
+        for ref in result.blocks:
+            if ref.block not in ctx.ranked:
+                ctx.hook.dnax_block_ranked(block=blocks[ref.block],
+                                           ranking=ctx.run_dir.load_ranking(ref))
     return result
 
 
 def _select(ctx: StageContext) -> Selection:
-    import torch
-
     teacher: TeacherResult = ctx.results["teacher"]
-    rank: RankResult = ctx.results["rank"]
-    rankings = cost_rankings(ctx, teacher.blocks, ctx.plugins.costs,
-                             [ctx.run_dir.load_ranking(ref) for ref in rank.blocks])
-    fixed = {c.metric: float(c.fixed_cost(ctx, teacher.blocks)) for c in ctx.plugins.costs}
-    if ctx.dist.is_main and ctx.plugins.costs:
-        ctx.run_dir.save_tensors(COSTS, {f"block{r.block}.{m}": torch.as_tensor(
-            np.asarray(v, dtype=np.float64)) for r in rankings for m, v in r.costs.items()},
-                                 kind="costs", metadata={
-            "fixed": json.dumps(fixed),
-            "cell_widths": json.dumps({str(r.block): list(r.cell_widths) for r in rankings})})
-    selection = ctx.plugins.selector.select(ctx, rankings, fixed)
-    chosen = [r.candidates[i] for r, i in zip(rankings, selection.candidates, strict=True)]
-    arch = ctx.plugins.space.arch_def(teacher.blocks, chosen)
-    selection = attrs.evolve(selection, arch_def=tuple(tuple(s) for s in arch),
-                             model_kwargs=ctx.plugins.space.model_kwargs())
+    rankings = [ctx.run_dir.load_ranking(ref) for ref in ctx.results["rank"].blocks]
+    costed = cost(ctx, teacher.blocks, rankings)
+    selection = ctx.plugins.selector.select(ctx, costed.rankings, costed.fixed)
+    if not isinstance(selection, Selection) or not selection.arch_def:
+        raise PluginError(f"$.selector: {type(ctx.plugins.selector).__name__}.select returned "
+                          f"{type(selection).__name__} without an arch_def; build it with "
+                          "self.selection(ctx, rankings, candidates, ...)")
     ctx.hook.dnax_selection_made(selection=selection)
     if ctx.dist.is_main:
         ctx.run_dir.write_json("selection.json", _conv.unstructure(selection), kind="selection")
@@ -117,8 +108,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("retrain", ("retrainer",), ("model",), RetrainResult, _retrain),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-#: every candidate's cost per block and metric, written by the select stage
-COSTS = "selection/costs.safetensors"
 #: the plugin kind that runs each stage
 _OWNER = {k.stage: k for k in PLUGIN_KINDS if k.stage is not None}
 
@@ -220,7 +209,6 @@ def resolve_device(name: str, dist: DistInfo) -> str:
 
 
 def _setup(config: PipelineConfig, dist: DistInfo) -> str:
-    import numpy as np
     import torch
 
     device = resolve_device(config.pipeline.device, dist)

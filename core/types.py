@@ -190,8 +190,9 @@ class Selection:
     score: float
     costs: dict[str, float]
     budgets: dict[str, float] = field(factory=dict)
-    #: filled by the runner from the search space: the whole network's timm arch def and the
-    #: other ``timm.models.efficientnet.EfficientNet`` arguments (stem_size, num_features, ...)
+    #: from the search space (:meth:`dnax.Selector.selection` fills them in): the whole
+    #: network's timm arch def and the other ``timm.models.efficientnet.EfficientNet``
+    #: arguments (stem_size, num_features, ...)
     arch_def: tuple[tuple[str, ...], ...] = ()
     model_kwargs: dict[str, Any] = field(factory=dict)
     #: False when the selector stopped (e.g. at its time limit) before proving ``score`` best;

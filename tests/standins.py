@@ -156,7 +156,7 @@ class StandinEvaluator(dnax.Evaluator):
         for spec in ctx.results["teacher"].blocks:
             cands = ctx.plugins.space.candidates(spec)
             s = rng.random(len(cands)).astype(np.float32)
-            refs.append(ctx.run_dir.save_ranking(
+            refs.append(ctx.save_ranking(
                 dnax.BlockRanking(spec.index, tuple(cands), {"nmae": s, "mse": s * 2})))
         return dnax.RankResult(tuple(refs))
 
@@ -204,8 +204,7 @@ class StandinSelector(dnax.Selector):
                 best = (score, choice, costs)
         if best is None:
             raise dnax.NoFeasibleNetworkError("no network fits")
-        return dnax.Selection(best[1], best[0], {k: float(v) for k, v in best[2].items()},
-                              dict(self.config.budgets))
+        return self.selection(ctx, rankings, best[1], best[0], best[2], self.config.budgets)
 
 
 @frozen
@@ -272,3 +271,33 @@ PIPELINE: dict[str, Any] = {
     "selector": {"plugin": "standin", "budgets": {"params": 116}},
     "retrainer": {"plugin": "standin"},
 }
+
+
+class ArchSpace:
+    """What :meth:`dnax.Selector.selection` uses of a search space: each chosen candidate's
+    layers as its own arch strings, one stage per block."""
+
+    def arch_def(self, blocks, chosen):
+        return [list(c.arch) for c in chosen]
+
+    def model_kwargs(self):
+        return {"stem_size": 8}
+
+
+class SelectorContext:
+    """Just what a selector uses of a StageContext (no teacher blocks, an :class:`ArchSpace`)."""
+
+    def __init__(self, run_dir="."):
+        from types import SimpleNamespace
+
+        self.run_dir = dnax.RunDir(run_dir)
+        self.dist = dnax.DistInfo()
+        self.results = {"teacher": SimpleNamespace(blocks=())}
+        self.plugins = SimpleNamespace(space=ArchSpace())
+        self.lines: list[str] = []
+
+    def log(self, message):
+        self.lines.append(message)
+
+    def progress(self, *args, **kwargs):
+        pass

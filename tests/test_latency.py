@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
 import attrs
@@ -410,6 +411,7 @@ def test_exact_selector_under_a_latency_budget(measured, reg, tmp_path):
     ctx.run_dir = dnax.RunDir(tmp_path / "run")
     model = Latency(LatencyConfig(table=path))
     blocks = ctx.plugins.teacher.blocks(ctx.resolution)
+    ctx.results = {"teacher": types.SimpleNamespace(blocks=tuple(blocks))}
     rng = np.random.default_rng(0)
     rankings = []
     for spec in blocks:
@@ -429,6 +431,10 @@ def test_exact_selector_under_a_latency_budget(measured, reg, tmp_path):
                                                                   strict=True))
     assert predicted <= budget and sel.costs["latency"] == pytest.approx(predicted)
     assert list(sel.candidates) != best
+    # complete: the timm arch def of the chosen candidates' own layers, stage by stage
+    searched = sel.arch_def[len(sel.arch_def) - len(blocks):]
+    assert [list(s) for s in searched] == [list(r.candidates[i].arch)
+                                           for r, i in zip(rankings, sel.candidates, strict=True)]
     # the selector's prediction is the check's prediction of that network
     assert prof.network_cost(model, ctx, blocks, sel.candidates) == pytest.approx(predicted)
 

@@ -289,7 +289,7 @@ def test_cheapest_follows_the_width_chain_like_brute_force(seed):
                 width = prev.cell_widths[prev.candidates[choice[k - 1]].cell]
                 total += a[sorted(set(prev.cell_widths)).index(width), i]
         best = min(best, total)
-    assert dnax.preflight.cheapest(rankings, "m", 3.0) == pytest.approx(best, rel=1e-12)
+    assert dnax.costing.cheapest(rankings, "m", 3.0) == pytest.approx(best, rel=1e-12)
 
 
 def test_swap_interrupted_after_the_moves_is_finished_by_the_next_run(tmp_path):

@@ -28,6 +28,7 @@ from dnax.interfaces import PLUGIN_KINDS
 from dnax.plugins.toolkit.builder import build_network
 from dnax.plugins.toolkit.supernet import check_supernet, load_supernet, metadata
 from dnax.registry import Registry
+from standins import SelectorContext
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"
@@ -350,7 +351,7 @@ def test_selector_in_the_pipeline_is_the_brute_force_optimum(run):
 
 def test_selector_matches_brute_force_on_random_rankings():
     mod = EX["selector"]
-    ctx = types.SimpleNamespace(log=lambda message: None)
+    ctx = SelectorContext()
     rng = np.random.default_rng(0)
     for trial in range(40):
         rankings = []
@@ -375,6 +376,8 @@ def test_selector_matches_brute_force_on_random_rankings():
         assert sel.costs["c"] <= budget
         assert math.isclose(sum(r.scores["s"][i] for r, i in zip(rankings, sel.candidates,
                                                                   strict=True)), sel.score)
+        assert sel.arch_def == tuple(tuple(r.candidates[i].arch)
+                                     for r, i in zip(rankings, sel.candidates, strict=True))
 
 
 def test_selector_check_names_its_key(reg):

@@ -375,7 +375,10 @@ class Space(dnax.SearchSpace):
 
 class Hook:
     def __init__(self):
-        self.progress, self.logs = [], []
+        self.progress, self.logs, self.ranked = [], [], []
+
+    def dnax_block_ranked(self, block, ranking):
+        self.ranked.append((block, ranking))
 
     def dnax_progress(self, stage, task, completed, total, info):
         self.progress.append((task, completed, total))
@@ -433,6 +436,14 @@ def test_evaluator_ranks_every_candidate_on_digits(tmp_path):
         steps = [done for task, done, total in hook.progress
                  if task == f"rank block {spec.index}" and total == 12]
         assert steps[0] == 0 and steps[-1] == 12 and steps == sorted(steps) and len(steps) > 3
+    # the observers got each block's spec and the ranking as stored, once, without a reload
+    assert [b for b, _ in hook.ranked] == list(ctx.results["teacher"].blocks)
+    for (_, got), ref in zip(hook.ranked, result.blocks, strict=True):
+        want = ctx.run_dir.load_ranking(ref)
+        assert got.candidates == want.candidates and got.scores.keys() == want.scores.keys()
+        for m in want.scores:
+            np.testing.assert_array_equal(got.scores[m], want.scores[m])
+    assert ctx.ranked == {0, 1}
     assert {p: p.read_bytes() for p in tmp_path.glob("supernets/*")} == stored
     assert not hook.logs
 

@@ -273,3 +273,30 @@ def test_every_plugin_kind_is_hashed_into_one_stage():
     for kind in PLUGIN_KINDS:
         if kind.stage:
             assert kind.name in next(s for s in STAGES if s.name == kind.stage).tables
+
+
+class _BareSelection:
+    """A selector written against the old contract: no arch_def in its Selection."""
+
+    @dnax.hookimpl
+    def dnax_register_selectors(self, register):
+        from standins import StandinSelector
+
+        class Bare(StandinSelector):
+            def select(self, ctx, rankings, fixed_costs):
+                full = super().select(ctx, rankings, fixed_costs)
+                return dnax.Selection(full.candidates, full.score, full.costs, full.budgets)
+
+        register("bare", Bare)
+
+
+def test_a_selection_without_arch_def_is_refused_and_nothing_after_it_runs(pipeline, tmp_path):
+    reg = Registry.create(entry_points=False, plugins=[StandinPlugin(), _BareSelection()])
+    pipeline["selector"]["plugin"] = "bare"
+    with pytest.raises(dnax.PluginError) as e:
+        dnax.run_pipeline(pipeline, tmp_path, registry=reg)
+    assert str(e.value).startswith("$.selector: Bare.select returned Selection without an "
+                                   "arch_def")
+    rd = RunDir(tmp_path)
+    assert rd.exists("stages/rank.json") and not rd.exists("stages/select.json")
+    assert not rd.exists("selection.json") and CALLS["retrain"] == 0

@@ -14,6 +14,7 @@ import dnax
 from dnax.plugins.measure.bench_select import bench_select, synthetic_problem
 from dnax.plugins.selectors import pareto
 from dnax.plugins.selectors.exact import Exact, ExactConfig, normalise
+from standins import SelectorContext
 
 
 @st.composite
@@ -216,19 +217,7 @@ def test_normalise():
     assert np.isnan(normalise(s, "none")[4])
 
 
-class _Ctx:
-    """Just what a selector uses of a StageContext."""
-
-    def __init__(self, tmp_path):
-        self.run_dir = dnax.RunDir(tmp_path)
-        self.dist = dnax.DistInfo()
-        self.lines: list[str] = []
-
-    def log(self, message):
-        self.lines.append(message)
-
-    def progress(self, *args, **kwargs):
-        pass
+_Ctx = SelectorContext
 
 
 def _rankings(seed=0):

@@ -98,7 +98,7 @@ class PrefixEvaluator(dnax.Evaluator):
                 if bad:
                     ctx.log(f"block {spec.index}: {bad} candidates scored NaN or inf")
                 scores = {m: np.ascontiguousarray(table[:, k]) for k, m in enumerate(METRICS)}
-                ref = ctx.run_dir.save_ranking(
+                ref = ctx.save_ranking(
                     dnax.BlockRanking(spec.index, candidates, scores, costs={}),
                     space_hash=space_hash)
             else:  # the same relative paths rank 0 writes

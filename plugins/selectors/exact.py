@@ -153,8 +153,8 @@ class Exact(dnax.Selector):
                 f"networks under {limits}: {cfg.key} {best.score:.5g}; front of "
                 f"{len(sol.front_scores)} networks; {seconds * 1e3:.1f} ms")
         ctx.progress("select", 1, 1, score=best.score)
-        return dnax.Selection(best.choice, best.score,
-                              network_costs(rankings, fixed_costs, best.choice), dict(cfg.budgets),
+        return self.selection(ctx, rankings, best.choice, best.score,
+                              network_costs(rankings, fixed_costs, best.choice), cfg.budgets,
                               optimal=sol.optimal, gap=sol.gap)
 
 

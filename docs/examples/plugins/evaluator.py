@@ -36,7 +36,7 @@ class PlainLoop(dnax.Evaluator):
                                     feats[block.index + 1]).item()
                 ctx.progress(f"rank block {block.index}", k + 1, len(candidates))
             ranking = dnax.BlockRanking(block.index, candidates, {"mse": mse})
-            refs.append(ctx.run_dir.save_ranking(ranking, space_hash=space.fingerprint()))
+            refs.append(ctx.save_ranking(ranking, space_hash=space.fingerprint()))
         return dnax.RankResult(tuple(refs), key="mse")
 
 

@@ -46,7 +46,7 @@ class ParetoMerge(dnax.Selector):
         ctx.log(f"best of {len(front)} networks on the front: {c.key} {score:.4g}")
         costs = {m: fixed + sum(float(r.costs[m][i]) for r, i in zip(rankings, choice, strict=True))
                  for m, fixed in fixed_costs.items()}
-        return dnax.Selection(choice, float(score), costs,
+        return self.selection(ctx, rankings, choice, float(score), costs,
                               {} if c.budget is None else {c.metric: c.budget})
 
 
