@@ -7,31 +7,27 @@ problem found becomes one line ``$.table.key: what is wrong``; all of them are r
 
 from __future__ import annotations
 
-import difflib
-import itertools
-import json
-import re
 import tomllib
-import types
-import typing
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import cattrs
 from attrs import field, frozen
-from cattrs.cols import (
-    is_mapping,
-    is_sequence,
-    list_structure_factory,
-    mapping_structure_factory,
-)
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from .errors import ConfigError, PluginError
 from .interfaces import KIND, PLUGIN_KINDS
-from .loading import Workers
+from .structure import (
+    check_order,
+    converter,
+    drop_none,
+    key_path,
+    show,
+    structure,
+    suggest,
+    unstructurer,
+)
 
 # --- validators plugins use in their config classes ------------------------------------------
 
@@ -39,14 +35,14 @@ def positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     """attrs validator: a number (or every number of a sequence) must be > 0."""
     for v in value if isinstance(value, (tuple, list)) else (value,):
         if v is not None and not v > 0:
-            raise ValueError(f"must be > 0, got {_show(v)}")
+            raise ValueError(f"must be > 0, got {show(v)}")
 
 
 def non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     """attrs validator: a number (or every number of a sequence) must be >= 0."""
     for v in value if isinstance(value, (tuple, list)) else (value,):
         if v is not None and not v >= 0:  # NaN fails too
-            raise ValueError(f"must be >= 0, got {_show(v)}")
+            raise ValueError(f"must be >= 0, got {show(v)}")
 
 
 def existing_path(_inst: Any, attribute: attrs.Attribute, value: Path | None) -> None:
@@ -83,7 +79,7 @@ class Section:
     config: Any
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plugin": self.plugin, **_drop_none(_unstructurer.unstructure(self.config))}
+        return {"plugin": self.plugin, **drop_none(unstructurer.unstructure(self.config))}
 
 
 @frozen
@@ -100,7 +96,7 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved pipeline (defaults filled in, paths absolute), as TOML would hold it."""
-        out: dict[str, Any] = {"pipeline": _unstructurer.unstructure(self.pipeline)}
+        out: dict[str, Any] = {"pipeline": unstructurer.unstructure(self.pipeline)}
         for kind in PLUGIN_KINDS:
             if kind.many:
                 if self.costs:
@@ -146,13 +142,13 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
     known = (*KIND, "pipeline")
     for key in raw:
         if key not in known:
-            problems.append(f"$.{_key(key)}: unknown table{_suggest(key, known)}")
+            problems.append(f"$.{key_path(key)}: unknown table{suggest(key, known)}")
     for kind in PLUGIN_KINDS:
         if kind.required and kind.name not in raw:
             problems.append(f"$.{kind.name}: required table missing")
 
-    conv = _converter(base)
-    settings = _structure(conv, raw.get("pipeline", {}), PipelineSettings, "$.pipeline", problems)
+    conv = converter(base)
+    settings = structure(conv, raw.get("pipeline", {}), PipelineSettings, "$.pipeline", problems)
     sections: dict[str, Section] = {}
     costs: list[Section] = []
     for kind in PLUGIN_KINDS:
@@ -162,7 +158,7 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
         if kind.many:
             if not isinstance(raw[name], list):
                 problems.append(f"$.{name}: expected an array of tables ({kind.header}), got "
-                                f"{_show(raw[name])}")
+                                f"{show(raw[name])}")
                 continue
             for i, table in enumerate(raw[name]):
                 sec = _section(conv, registry, name, table, f"$.{name}[{i}]", problems)
@@ -173,7 +169,7 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
             if sec:
                 sections[name] = sec
 
-    _check_order(raw, problems)
+    check_order(raw, problems)
     if problems:
         raise ConfigError(problems)
     config = PipelineConfig(settings, sections, tuple(costs), path.resolve() if path else None)
@@ -188,7 +184,7 @@ def load_config(source: str | Path | Mapping[str, Any], registry: Any,
 def _section(conv: cattrs.Converter, registry: Any, kind: str, table: Any, path: str,
              problems: list[str]) -> Section | None:
     if not isinstance(table, Mapping):
-        problems.append(f"{path}: expected a table, got {_show(table)}")
+        problems.append(f"{path}: expected a table, got {show(table)}")
         return None
     args = dict(table)
     name = args.pop("plugin", None)
@@ -197,258 +193,12 @@ def _section(conv: cattrs.Converter, registry: Any, kind: str, table: Any, path:
                         f"{', '.join(registry.names(kind)) or 'none registered'})")
         return None
     if not isinstance(name, str):
-        problems.append(f"{path}.plugin: expected str, got {_show(name)}")
+        problems.append(f"{path}.plugin: expected str, got {show(name)}")
         return None
     try:
         entry = registry.get(kind, name)
     except PluginError as e:
         problems.append(f"{path}.plugin: {e}")
         return None
-    config = _structure(conv, args, entry.config_cls, path, problems)
+    config = structure(conv, args, entry.config_cls, path, problems)
     return None if config is None else Section(kind, name, config)
-
-
-def _structure(conv: cattrs.Converter, data: Any, cls: type, path: str,
-               problems: list[str]) -> Any:
-    if not isinstance(data, Mapping):
-        problems.append(f"{path}: expected a table, got {_show(data)}")
-        return None
-    try:
-        with attrs.validators.disabled():
-            inst = conv.structure(dict(data), cls)
-    except Exception as e:  # cattrs raises exception groups; each leaf is one problem
-        problems.extend(_problems(e, path))
-        # the parts that did convert are still checked, so that every mistake shows at once
-        problems.extend(_checks_beside(conv, data, cls, path, _failed_keys(e)))
-        return None
-    found = list(_validate(inst, path))
-    problems.extend(found)
-    return None if found else inst
-
-
-def _checks_beside(conv: cattrs.Converter, data: Mapping[str, Any], cls: type, path: str,
-                   failed: set[str]) -> Iterator[str]:
-    """The checks (attrs validators) of a table whose ``failed`` keys did not convert: every
-    other key, and the elements of failed lists and tables of config classes that did."""
-    try:
-        with attrs.validators.disabled():
-            rest = conv.structure({k: v for k, v in data.items() if k not in failed}, cls)
-    except Exception:
-        rest = None
-    if rest is not None:
-        yield from _validate(rest, path, skip=failed)
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:
-        return
-    for key in sorted(failed):
-        if key in data and key in hints:
-            yield from _nested_checks(conv, data[key], hints[key], f"{path}.{key}")
-
-
-def _nested_checks(conv: cattrs.Converter, value: Any, tp: Any, path: str) -> Iterator[str]:
-    """Checks inside a value of type ``tp`` that failed to convert as a whole."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        tp, args = args[0], list(typing.get_args(args[0]))
-    if attrs.has(tp) and isinstance(value, Mapping):
-        try:
-            with attrs.validators.disabled():
-                inst = conv.structure(dict(value), tp)
-        except Exception as e:
-            yield from _checks_beside(conv, value, tp, path, _failed_keys(e))
-        else:
-            yield from _validate(inst, path)
-    elif typing.get_origin(tp) in (list, tuple) and args and isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _nested_checks(conv, v, args[0], f"{path}[{i}]")
-
-
-def _failed_keys(exc: BaseException) -> set[str]:
-    """The top-level keys of a table that failed to convert (wrong type, unknown key)."""
-    if isinstance(exc, ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        keys = {note.name for _e, note in with_notes}
-        for e in without:
-            keys |= _failed_keys(e)
-        return keys
-    if isinstance(exc, ForbiddenExtraKeysError):
-        return set(exc.extra_fields)
-    return set()
-
-
-def _validate(inst: Any, path: str, skip: Collection[str] = ()) -> Iterator[str]:
-    """Run attrs validators field by field (the fields named in ``skip`` left out) so that each
-    failure names its own path."""
-    for a in attrs.fields(type(inst)):
-        if a.name in skip:
-            continue
-        value = getattr(inst, a.name)
-        if a.validator is not None:
-            try:
-                a.validator(inst, a, value)
-            except (ValueError, TypeError) as e:
-                yield f"{path}.{a.name}: {e}"
-        if attrs.has(type(value)):
-            yield from _validate(value, f"{path}.{a.name}")
-        elif isinstance(value, tuple):
-            for i, v in enumerate(value):
-                if attrs.has(type(v)):
-                    yield from _validate(v, f"{path}.{a.name}[{i}]")
-
-
-def _problems(exc: BaseException, path: str) -> Iterator[str]:
-    """One line per leaf of a failed conversion: :func:`cattrs.transform_error` walks cattrs'
-    exception groups and builds each leaf's ``$.path``; :func:`_describe` words the leaf.
-
-    transform_error hands the formatter a leaf without its path and returns ``"<text> @ <path>"``;
-    the text given back is the leaf's index among ``leaves``, so that splitting at the first
-    ``" @ "`` is exact whatever the path and the values hold."""
-    leaves: list[BaseException] = []
-
-    def token(e: BaseException, _type: Any) -> str:
-        leaves.append(e)
-        return str(len(leaves) - 1)
-
-    for line in cattrs.transform_error(exc, path, format_exception=token):
-        index, _, where = line.partition(" @ ")
-        yield from _describe(leaves[int(index)], where)
-
-
-def _describe(exc: BaseException, path: str) -> Iterator[str]:
-    if isinstance(exc, ForbiddenExtraKeysError):
-        known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
-        for key in sorted(exc.extra_fields):
-            yield f"{path}.{_key(key)}: unknown key{_suggest(key, known)}"
-    elif isinstance(exc, KeyError):
-        yield f"{path}: required key missing"
-    else:
-        yield f"{path}: {str(exc).strip() or type(exc).__name__}"
-
-
-def _check_order(raw: Mapping[str, Any], problems: list[str]) -> None:
-    """Each stage needs the one before it: a selector needs an evaluator, and so on (a missing
-    required table is reported once, as missing)."""
-    staged = [k for k in PLUGIN_KINDS if k.stage is not None]
-    for before, kind in itertools.pairwise(staged):
-        if kind.name in raw and before.name not in raw and not before.required:
-            problems.append(f"$.{before.name}: required table missing (needed by "
-                            f"{kind.header})")
-
-
-# --- the strict converter ---------------------------------------------------------------------
-
-class _TypeProblem(ValueError):
-    pass
-
-
-def _show(v: Any) -> str:
-    try:
-        return json.dumps(v)
-    except TypeError:
-        return repr(v)
-
-
-def _key(key: str) -> str:
-    """A TOML key as it can be printed on one line: quoted when it is not a bare key."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _suggest(name: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-
-
-def _strict(tname: str, ok: type | tuple[type, ...], cast: Any = None) -> Any:
-    def hook(v: Any, _t: Any) -> Any:
-        if isinstance(v, bool) and bool not in (ok if isinstance(ok, tuple) else (ok,)):
-            raise _TypeProblem(f"expected {tname}, got {_show(v)}")
-        if not isinstance(v, ok):
-            raise _TypeProblem(f"expected {tname}, got {_show(v)}")
-        return cast(v) if cast else v
-
-    return hook
-
-
-def _converter(base: Path) -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(int, _strict("int", int))
-    conv.register_structure_hook(float, _strict("float", (int, float), float))
-    conv.register_structure_hook(str, _strict("str", str))
-    conv.register_structure_hook(bool, _strict("bool", bool))
-
-    def path_hook(v: Any, _t: Any) -> Path:
-        if not isinstance(v, str):
-            raise _TypeProblem(f"expected a path string, got {_show(v)}")
-        return (base / Path(v).expanduser()).resolve()
-
-    conv.register_structure_hook(Path, path_hook)
-
-    def literal_hook(t: Any) -> Any:
-        allowed = typing.get_args(t)
-
-        def hook(v: Any, _t: Any) -> Any:
-            if v not in allowed or type(v) is not type(next(a for a in allowed if a == v)):
-                raise _TypeProblem(f"expected one of {', '.join(_show(a) for a in allowed)}, "
-                                   f"got {_show(v)}")
-            return v
-
-        return hook
-
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, literal_hook)
-
-    def workers_hook(v: Any, _t: Any) -> Any:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool)):
-            return v
-        raise _TypeProblem(f'expected "auto" or an int, got {_show(v)}')
-
-    conv.register_structure_hook_factory(lambda t: t == Workers, lambda _t: workers_hook)
-
-    def seq_factory(t: Any, c: cattrs.Converter) -> Any:
-        args = typing.get_args(t)
-        is_tuple = typing.get_origin(t) is tuple
-        if is_tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            return lambda v, _t: _fixed_tuple(c, v, args)
-        elem = args[0] if args else Any
-        inner = list_structure_factory(list[elem], c)
-
-        def hook(v: Any, _t: Any) -> Any:
-            if not isinstance(v, (list, tuple)):
-                raise _TypeProblem(f"expected a list, got {_show(v)}")
-            out = inner(v, list[elem])
-            return tuple(out) if is_tuple else out
-
-        return hook
-
-    conv.register_structure_hook_factory(is_sequence, seq_factory)
-
-    def map_factory(t: Any, c: cattrs.Converter) -> Any:
-        inner = mapping_structure_factory(t, c)
-
-        def hook(v: Any, _t: Any) -> Any:
-            if not isinstance(v, Mapping):
-                raise _TypeProblem(f"expected a table, got {_show(v)}")
-            return inner(v, t)
-
-        return hook
-
-    conv.register_structure_hook_factory(is_mapping, map_factory)
-    return conv
-
-
-def _fixed_tuple(c: cattrs.Converter, v: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    if not isinstance(v, (list, tuple)) or len(v) != len(args):
-        raise _TypeProblem(f"expected a list of {len(args)}, got {_show(v)}")
-    return tuple(c.structure(x, a) for x, a in zip(v, args, strict=True))
-
-
-def _drop_none(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
-    if isinstance(d, list):
-        return [_drop_none(v) for v in d]
-    return d
-
-
-_unstructurer = cattrs.Converter()
-_unstructurer.register_unstructure_hook(Path, str)

@@ -97,7 +97,7 @@ def test_missing_tables_and_bad_toml(registry, tmp_path):
 
 
 def test_paths_resolve_relative_to_the_toml_file(tmp_path):
-    from dnax.config import _converter
+    from dnax.structure import converter as _converter
 
     conv = _converter(tmp_path / "sub")
     assert conv.structure({"weights": "w.safetensors"}, C).weights == \
