@@ -73,3 +73,78 @@ def test_hook_reference_is_up_to_date_and_every_hook_is_called():
                      for p in (ROOT / folder).rglob("*.py") if p.name != "hookspecs.py")
     uncalled = [n for n in hook_names() if f".{n}(" not in code and f'"{n}"' not in code]
     assert not uncalled, f"hooks declared but never called: {uncalled}"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT / "plugins").with_suffix("")
+    parts = ["dnax", "plugins", *rel.parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def plugin_imports() -> dict[str, set[str]]:
+    """Every plugin module and the plugin modules it imports, lazily (inside functions) or not,
+    read from the source with :mod:`ast` (nothing is imported)."""
+    import ast
+
+    files = {_module_name(p): p for p in (ROOT / "plugins").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            else:
+                continue
+            # the most specific plugin module each import names
+            for t in targets:
+                while t and t not in files:
+                    t = t.rpartition(".")[0]
+                if t and t != name and files[t].name != "__init__.py":
+                    edges.add(t)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (a list of nodes, first repeated last), or None."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return [*path[path.index(m):], m]
+            if m not in state and (found := visit(m)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_on_hand_made_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"x": {"y"}, "y": {"y"}}) == ["y", "y"]
+
+
+def test_no_import_cycle_between_plugin_modules():
+    graph = plugin_imports()
+    # the scan sees the imports it must: the latency model reads tables, the profiler writes them
+    assert "dnax.plugins.costs.latency" in graph["dnax.plugins.measure.profile"]
+    assert "dnax.plugins.costs.runtimes" in graph["dnax.plugins.costs.latency"]
+    assert "dnax.plugins.evaluators.tree" in graph["dnax.plugins.evaluators.prefix"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
