@@ -1,4 +1,4 @@
-"""A lifecycle-hook observer that shows a run in the terminal with rich (rank 0 only)."""
+"""A lifecycle-hook observer that shows a run in the terminal with rich (process 0 only)."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ _HOOK_GROUPS = (
      "`register(name, cls, config_cls=None)` once per component."),
     ("Command line", "dnax_register_commands", "Called by the `dnax` command line, each "
      "plugin on its own; a failing plugin is reported, never fatal."),
-    ("Lifecycle", "", "Fired on rank 0 while a pipeline runs, by the runner or by the plugins "
+    ("Lifecycle", "", "Fired on process 0 while a pipeline runs, by the runner or by the plugins "
      "themselves (each hook says which); return values are ignored."),
     ("Services", "dnax_load_model", "`firstresult`: the first plugin that returns something "
      "other than None answers."),

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 
 class QuietHooks:
-    """The hook relay of ranks other than 0 under torchrun: lifecycle hooks are called once, on
-    rank 0, so observers (progress bars, loggers, trackers) never see duplicates."""
+    """The hook relay of processes other than 0 under torchrun: lifecycle hooks are called
+    once, on process 0, so observers (progress bars, loggers, trackers) never see duplicates."""
 
     def __getattr__(self, name: str) -> Any:
         return _ignore
@@ -41,15 +41,17 @@ def _ignore(**_kwargs: Any) -> None:
 
 @frozen
 class DistInfo:
-    """Where this process stands under torchrun (rank 0 of 1 without it)."""
+    """Where this process stands under torchrun (process 0 of 1 without it); ``rank`` is a stage."""
 
-    rank: int = 0
+    #: torchrun's RANK, this process's number among all of the run's processes
+    process_rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
+    #: torchrun's LOCAL_RANK, its number on this host
+    local_process_rank: int = 0
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.process_rank == 0
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +117,7 @@ class StageContext:
         return self.config.pipeline.resolution
 
     def progress(self, task: str, completed: int, total: int | None = None, **info: Any) -> None:
-        """Report progress; the CLI renders it, rank 0 only."""
+        """Report progress; the CLI renders it, process 0 only."""
         if self.dist.is_main:
             self.hook.dnax_progress(stage=self.stage, task=task, completed=completed,
                                     total=total, info=info)
@@ -125,7 +127,7 @@ class StageContext:
             self.hook.dnax_log(stage=self.stage, message=message)
 
     def save_ranking(self, ranking: BlockRanking, *, space_hash: str = "") -> RankingRef:
-        """Store a block's ranking (:meth:`RunDir.save_ranking`; call it on rank 0) and hand it
+        """Store a block's ranking (:meth:`RunDir.save_ranking`; call it on process 0) and hand it
         to the ``dnax_block_ranked`` observers as it is, without reading it back."""
         ref = self.run_dir.save_ranking(ranking, space_hash=space_hash)
         teacher = self.results.get("teacher")
@@ -160,7 +162,7 @@ class StageContext:
         sampler = None
         seed = self.seed if seed is None else seed
         if self.dist.enabled:
-            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank,
+            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.process_rank,
                                          shuffle=shuffle, seed=seed, drop_last=drop_last)
         return batches(dataset, self.device, batch_size=batch_size, shuffle=shuffle,
                        drop_last=drop_last, sampler=sampler, num_workers=num_workers,

@@ -10,7 +10,7 @@ Implement any hook with ``@dnax.hookimpl`` in a module listed under the entry-po
   the config class, refuses duplicates, and records which distribution registered what;
 * ``dnax_register_commands(cli)`` is called by the command line (:mod:`dnax.cli.app`) when it
   needs its full list of commands: a plugin adds its own ``dnax`` commands;
-* lifecycle hooks report a run as it goes (rank 0 only under torchrun); observers (the CLI's
+* lifecycle hooks report a run as it goes (process 0 only under torchrun); observers (the CLI's
   progress display, loggers, trackers) implement any of them to follow a run without touching
   the core, and their return values are ignored. The runner (:mod:`dnax.runner`) fires
   ``dnax_pipeline_start`` / ``dnax_pipeline_end``, ``dnax_stage_start`` / ``dnax_stage_end``,

@@ -222,7 +222,7 @@ class Evaluator(Plugin, ABC):
     @abstractmethod
     def rank(self, ctx: StageContext) -> RankResult:
         """Stage ``rank``: store each block's scores with :meth:`StageContext.save_ranking`
-        (rank 0), which also hands them to the ``dnax_block_ranked`` observers."""
+        (process 0), which also hands them to the ``dnax_block_ranked`` observers."""
 
 
 class CostModel(Plugin, ABC):

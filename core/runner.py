@@ -70,7 +70,7 @@ def _train(ctx: StageContext) -> TrainResult:
 
 def _rank(ctx: StageContext) -> RankResult:
     result = ctx.plugins.evaluator.rank(ctx)
-    ctx.dist.barrier()  # rank 0 has written every ranking before anyone reads one
+    ctx.dist.barrier()  # process 0 has written every ranking before anyone reads one
     if ctx.dist.is_main:  # rankings stored with ctx.run_dir.save_ranking have fired no hook yet
         blocks = {b.index: b for b in ctx.results["teacher"].blocks}
         for ref in result.blocks:
@@ -202,7 +202,7 @@ def resolve_device(name: str, dist: DistInfo) -> str:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and dist.enabled:
-        name = f"cuda:{dist.local_rank}"
+        name = f"cuda:{dist.local_process_rank}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"$.pipeline.device: {name!r} asked for, but no CUDA device is present")
     return name

@@ -285,8 +285,8 @@ def test_data_order_is_seeded_per_epoch_and_sharded():
     assert a == distill.epoch_batches(50, 8, seed=0, epoch=1)
     assert a != distill.epoch_batches(50, 8, seed=0, epoch=2)
     assert len(a) == 6 and all(len(b) == 8 for b in a)
-    r0 = distill.epoch_batches(50, 4, seed=0, epoch=1, rank=0, world=2)
-    r1 = distill.epoch_batches(50, 4, seed=0, epoch=1, rank=1, world=2)
+    r0 = distill.epoch_batches(50, 4, seed=0, epoch=1, process_rank=0, world=2)
+    r1 = distill.epoch_batches(50, 4, seed=0, epoch=1, process_rank=1, world=2)
     assert [x + y for x, y in zip(r0, r1, strict=True)] == a
 
 

@@ -101,7 +101,7 @@ class PrefixEvaluator(dnax.Evaluator):
                 ref = ctx.save_ranking(
                     dnax.BlockRanking(spec.index, candidates, scores, costs={}),
                     space_hash=space_hash)
-            else:  # the same relative paths rank 0 writes
+            else:  # the same relative paths process 0 writes
                 stem = f"rankings/block{spec.index}"
                 ref = dnax.RankingRef(spec.index, f"{stem}.safetensors", f"{stem}.json",
                                       sum(math.prod(s) for s in shapes))
@@ -190,13 +190,13 @@ class PrefixEvaluator(dnax.Evaluator):
                      supernet: torch.nn.Module, inputs: list[torch.Tensor],
                      targets: list[torch.Tensor], recal: list[torch.Tensor]
                      ) -> tuple[np.ndarray | None, list[tuple[int, ...]]]:
-        """The block's scores (candidates x metrics, walk order; None off rank 0) and each
+        """The block's scores (candidates x metrics, walk order; None off process 0) and each
         cell's op counts per layer."""
         cfg = self.config
         groups = make_groups(inputs, targets, recal=cfg.recalib, recal_inputs=recal)
         weights = score_weights(targets, cfg.normalise)
         shapes = [cell_shape(cell) for cell in supernet.cells]
-        shards = shard_prefixes(shapes, ctx.dist.rank, ctx.dist.world_size, cfg.shard_depth)
+        shards = shard_prefixes(shapes, ctx.dist.process_rank, ctx.dist.world_size, cfg.shard_depth)
         total = sum(math.prod(s) for s in shapes)
         task = f"rank block {spec.index}"
         parts: list[torch.Tensor] = []

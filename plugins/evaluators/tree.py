@@ -205,13 +205,13 @@ def plain_cell(supernet: nn.Module, index: int, groups: Sequence[Group], weights
     return acc
 
 
-def shard_prefixes(shapes: Sequence[tuple[int, ...]], rank: int, world_size: int,
+def shard_prefixes(shapes: Sequence[tuple[int, ...]], process_rank: int, world_size: int,
                    depth: int = 2) -> list[list[tuple[int, ...]] | None]:
-    """Split the cells' sub-trees (op prefixes of ``depth`` layers) across ranks.
+    """Split the cells' sub-trees (op prefixes of ``depth`` layers) across processes.
 
-    Longest-first greedy on the number of leaves under each prefix, deterministic, so every rank
-    computes the same split. Returns, per cell, this rank's prefixes (``None``: the whole cell,
-    when there is one rank).
+    Longest-first greedy on the number of leaves under each prefix, deterministic, so every process
+    computes the same split. Returns, per cell, this process's prefixes (``None``: the whole cell,
+    when there is one process).
     """
     if world_size <= 1:
         return [None] * len(shapes)
@@ -225,7 +225,7 @@ def shard_prefixes(shapes: Sequence[tuple[int, ...]], rank: int, world_size: int
     mine: list[list[tuple[int, ...]]] = [[] for _ in shapes]
     for leaves, c, pre in units:
         load, r = heapq.heappop(loads)
-        if r == rank:
+        if r == process_rank:
             mine[c].append(pre)
         heapq.heappush(loads, (load + leaves, r))
     return list(mine)

@@ -207,7 +207,7 @@ class EpochLoop:
     report), steps every optimizer through :class:`Backward` (scaling, clipping), the scheduler
     per update and the EMA. Each epoch ends with ``evaluate(epoch)`` (may return ``{}``), the
     scheduler's epoch step, one atomic resume state at ``resume`` (model, EMA, optimizer,
-    scheduler, scaler, every RNG) on rank 0, a progress report and a log line. A resume state
+    scheduler, scaler, every RNG) on process 0, a progress report and a log line. A resume state
     whose fingerprint differs is logged and ignored.
     """
 

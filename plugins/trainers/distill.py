@@ -228,15 +228,16 @@ class DistillStep:
             self.scaler.load_state_dict(state["scaler"])
 
 
-def epoch_batches(n: int, batch: int, *, seed: int, epoch: int, rank: int = 0, world: int = 1,
-                  cap: int | None = None) -> list[list[int]]:
-    """The index batches of this rank for ``epoch``: a seeded permutation, last partial batch
+def epoch_batches(n: int, batch: int, *, seed: int, epoch: int, process_rank: int = 0,
+                  world: int = 1, cap: int | None = None) -> list[list[int]]:
+    """The index batches of this process for ``epoch``: a seeded permutation, last partial batch
     dropped, so a resumed epoch can skip exactly the batches already done."""
     g = torch.Generator().manual_seed(mix_seed(seed, "data", epoch))
     perm = torch.randperm(n, generator=g).tolist()
     per = batch * world
     steps = n // per if cap is None else min(n // per, cap)
-    return [perm[s * per + rank * batch: s * per + (rank + 1) * batch] for s in range(steps)]
+    start = process_rank * batch
+    return [perm[s * per + start: s * per + start + batch] for s in range(steps)]
 
 
 class Distill(dnax.BlockTrainer):
@@ -308,7 +309,8 @@ class Distill(dnax.BlockTrainer):
         wrote = False
         while epoch < cfg.epochs:
             batches = epoch_batches(n, cfg.batch_size, seed=ctx.seed, epoch=epoch,
-                                    rank=ctx.dist.rank, world=world, cap=cfg.steps_per_epoch)
+                                    process_rank=ctx.dist.process_rank, world=world,
+                                    cap=cfg.steps_per_epoch)
             if start >= len(batches):
                 raise dnax.ArtifactError(f"{ctx.run_dir.path(RESUME)}: resumes at step {start} "
                                          f"of an epoch of {len(batches)} steps")
