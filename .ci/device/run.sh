@@ -106,7 +106,7 @@ fmnist=${DNAX_FASHION_MNIST:-$repo/.ci/device/fashion-mnist}
 [ -d "$fmnist" ] || fmnist=/usr/share/datasets/fashion-mnist
 # shellcheck disable=SC2086  # DNAX_DEVICE_DATA_ARGS: more options of dnax bench data
 step cuda-tests timeout "${DNAX_DEVICE_TESTS_S:-60}" "$py" -m pytest -q -m cuda \
-  -p no:cacheprovider tests/test_cuda.py
+  -p no:cacheprovider tests/integration/test_cuda.py
 step bench-data timeout "${DNAX_DEVICE_DATA_S:-40}" "$py" -m dnax bench data \
   --source "$fmnist" --output "$out/data.json" ${DNAX_DEVICE_DATA_ARGS:-}
 step bench-all "$py" -m dnax bench all --output "$out" --deadline "${DNAX_DEVICE_BENCH_S:-200}" \

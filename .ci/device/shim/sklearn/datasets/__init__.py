@@ -1,7 +1,7 @@
 """``load_digits`` as scikit-learn 1.x returns it (images, data, target), read from the same
 file: ``digits.csv.gz``, a copy of scikit-learn's ``sklearn/datasets/data/digits.csv.gz`` (the UCI
 optical recognition of handwritten digits test set: 1,797 images of 8x8 pixels, 64 values 0..16
-then the class per row). Checked against scikit-learn by tests/test_bench_all.py."""
+then the class per row). Checked against scikit-learn by tests/cli/test_bench_all.py."""
 
 from __future__ import annotations
 

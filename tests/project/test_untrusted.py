@@ -12,12 +12,12 @@ from pathlib import Path
 import faultkit
 import pytest
 import torch
+from paths import ROOT
 
 import dnax
 
 pytest_plugins = ["reliability"]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)

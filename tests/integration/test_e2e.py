@@ -12,13 +12,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from paths import EXAMPLES
 from torch.utils.flop_counter import FlopCounterMode
 
 import dnax
 
 pytestmark = pytest.mark.slow  # runs the digits pipeline end to end
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
 @pytest.fixture(scope="module")

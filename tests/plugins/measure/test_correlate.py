@@ -14,11 +14,11 @@ import csv
 import itertools
 import json
 import math
-from pathlib import Path
 
 import faultkit
 import numpy as np
 import pytest
+from paths import DATA
 
 import dnax
 from dnax.plugins.measure.correlate import (
@@ -35,7 +35,6 @@ from dnax.plugins.measure.correlate import (
     spearman_rows,
 )
 
-DATA = Path(__file__).parent / "data"
 TINY_CSV = DATA / "correlate_tiny.csv"
 
 

@@ -5,12 +5,12 @@ time-limit path, and a digits pipeline budgeted in params, FLOPs and latency aga
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tomli_w
 import torch
+from paths import EXAMPLES
 
 import dnax
 from dnax.plugins.measure import profile as prof
@@ -18,7 +18,7 @@ from dnax.plugins.measure.bench_select import highs_optimum, synthetic_problem
 from dnax.plugins.selectors import pareto
 from dnax.registry import get_registry
 
-DIGITS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"
+DIGITS = EXAMPLES / "digits.toml"
 METRICS = ("params", "flops", "latency")
 
 

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from paths import EXAMPLES, ROOT
 from typer.testing import CliRunner
 
 from dnax.cli.bench import bench_app
@@ -112,7 +113,7 @@ def test_bad_options_exit_2(tmp_path, args, message):
 
 # --- what .ci/device/run.sh carries to the GPU machine (no network there) -------------------
 
-DEVICE = Path(__file__).resolve().parents[1] / ".ci" / "device"
+DEVICE = ROOT / ".ci" / "device"
 
 
 def test_the_carried_wheels_are_pure_python_and_the_versions_tested_here():
@@ -145,7 +146,7 @@ def test_the_device_shim_loads_the_digits_as_scikit_learn_does():
 
 
 def test_bench_train_takes_a_teacher_model_only_with_a_preset():
-    digits = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"
+    digits = EXAMPLES / "digits.toml"
     res = cli.invoke(bench_app, ["train", str(digits), "--teacher-model", "tf_efficientnet_b7"])
     assert res.exit_code == 2 and "--teacher-model: only with --preset" in res.stderr
 

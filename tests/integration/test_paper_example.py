@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import EXAMPLES
 
 import dnax
 
 pytestmark = pytest.mark.slow  # builds and validates the ImageNet-sized paper example
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "imagenet-paper.toml"
+EXAMPLE = EXAMPLES / "imagenet-paper.toml"
 CLASSES = ("n01440764", "n01443537")
 
 

@@ -6,15 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import EXAMPLE_PLUGIN
 
 import dnax
 
 pytestmark = pytest.mark.slow  # installs and runs the example plugin in processes
 
-ROOT = Path(__file__).resolve().parent / "example_plugin"
+PLUGIN = EXAMPLE_PLUGIN
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def site(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                          "--no-build-isolation", "--target", str(target), str(ROOT)],
+                          "--no-build-isolation", "--target", str(target), str(PLUGIN)],
                          capture_output=True, text=True, cwd=build)
     assert res.returncode == 0, res.stderr[-2000:]
     return target
@@ -49,14 +49,14 @@ def test_found_through_its_entry_point(site, tmp_path):
 
 
 def test_dnax_run_uses_it(site, tmp_path):
-    res = _dnax(site, "validate", "--json", str(ROOT / "pipeline.toml"), cwd=tmp_path)
+    res = _dnax(site, "validate", "--json", str(PLUGIN / "pipeline.toml"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)["plan"]
     assert plan["teacher"] == "tinycnn" and plan["space"] == "convs"
     assert [(b["in_chs"], b["out_chs"], b["in_size"], b["out_size"]) for b in plan["blocks"]] \
         == [(8, 12, 16, 8), (12, 16, 8, 4)]
     assert plan["num_networks"] == 16
-    res = _dnax(site, "run", str(ROOT / "pipeline.toml"), "--run-dir", str(tmp_path / "run"),
+    res = _dnax(site, "run", str(PLUGIN / "pipeline.toml"), "--run-dir", str(tmp_path / "run"),
                 cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     teacher = json.loads((tmp_path / "run" / "stages" / "teacher.json").read_text())["result"]
@@ -82,7 +82,7 @@ def test_its_command_is_a_dnax_command(site, tmp_path):
 
 def test_bench_train_and_profile_time_its_teacher_and_space(site, tmp_path):
     """bench.toml: the example's teacher and space, tiny; neither is built into dnax."""
-    toml = ROOT / "bench.toml"
+    toml = PLUGIN / "bench.toml"
     res = _dnax(site, "bench", "train", str(toml), "--batch-size", "4", "--steps", "2",
                 "--warmup", "1", "--threads", "1", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import attrs
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 MAPPING = {"core": "dnax", "plugins": "dnax.plugins", "registry": "dnax.registry",
            "cli": "dnax.cli"}
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 import pytest
+from paths import ROOT
 
 #: category -> one line on what its faults are and how the outcome was judged (report order)
 CATEGORIES = {
@@ -164,9 +165,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 
 #: the committed report, and the test files whose faults it lists
-REPORT = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
-FILES = ("tests/test_kill.py", "tests/test_bad_artifacts.py", "tests/test_fuzz_config.py",
-         "tests/test_untrusted.py", "tests/test_nothing_lost.py")
+REPORT = ROOT / "docs" / "reliability.md"
+FILES = ("tests/integration/test_kill.py", "tests/integration/test_bad_artifacts.py",
+         "tests/kernel/test_fuzz_config.py", "tests/project/test_untrusted.py",
+         "tests/integration/test_nothing_lost.py")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -218,7 +220,8 @@ def render(ledger: Ledger, command: str, when: datetime.datetime) -> str:
     lines = [
         "# Reliability: faults tried and what dnax did",
         "",
-        "Generated from the fault-injection tests by `tests/reliability.py`; do not edit by hand.",
+        "Generated from the fault-injection tests by `tests/support/reliability.py`; do not edit "
+        "by hand.",
         "",
         f"- command: `{command}`",
         f"- date: {when:%Y-%m-%d %H:%M} UTC",

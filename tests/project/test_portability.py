@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from torch import nn
 
 import dnax
@@ -149,7 +150,7 @@ def test_running_python_is_a_supported_one():
     """The classifiers list the Pythons CI runs; the one running this test must be among them."""
     import tomllib
 
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     tested = {c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
               if c.startswith("Programming Language :: Python :: 3.")}
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in tested

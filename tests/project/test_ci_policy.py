@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import SUPPORT, TESTS
 
-TESTS = Path(__file__).resolve().parent
 SAMPLE = '''
 import pytest
 
@@ -26,7 +25,7 @@ def _run(tmp_path, ci: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(SUPPORT), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p",
                            "no:cacheprovider", "--rootdir", str(tmp_path),
                            str(tmp_path / "test_sample.py")],

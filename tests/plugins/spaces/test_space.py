@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from test_distill import TinyTeacher, TinyTeacherConfig, make_registry
 from timm.models._efficientnet_builder import decode_arch_def
 from timm.models.efficientnet import EfficientNet
+from tiny import TinyTeacher, TinyTeacherConfig, make_registry
 
 import dnax
 from dnax.plugins.spaces import mbconv

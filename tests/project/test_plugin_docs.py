@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from paths import EXAMPLE_PLUGIN, ROOT
 
 import dnax
 from dnax.interfaces import PLUGIN_KINDS
@@ -30,7 +31,6 @@ from dnax.plugins.toolkit.supernet import check_supernet, load_supernet, metadat
 from dnax.registry import Registry
 from standins import SelectorContext
 
-ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "plugins.md"
 EXAMPLES = ROOT / "docs" / "examples" / "plugins"
 PIPELINE = EXAMPLES / "pipeline.toml"
@@ -411,7 +411,7 @@ def test_the_command_example_adds_a_dnax_command(monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "example_plugin"))
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
     monkeypatch.delitem(sys.modules, "dnax_example", raising=False)
     import dnax_example
 

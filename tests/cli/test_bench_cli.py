@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from paths import EXAMPLES
 from typer.testing import CliRunner
 
 from dnax.cli.bench import bench_app, fmt
@@ -18,7 +19,7 @@ from dnax.cli.bench import bench_app, fmt
 pytestmark = pytest.mark.slow  # runs the bench commands (training, ranking, selection)
 
 cli = CliRunner()
-DIGITS = Path(__file__).resolve().parents[1] / "docs" / "examples" / "digits.toml"
+DIGITS = EXAMPLES / "digits.toml"
 KEYS = {"bench", "command", "arguments", "figures", "ratios", "goals", "details", "machine",
         "versions", "date"}
 

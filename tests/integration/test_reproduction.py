@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from paths import ROOT
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "docs" / "reproduction" / "reproduce.py"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
