@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, fields, frozen
 
+from .errors import PluginError
 from .interfaces import PLUGIN_KINDS
 from .loading import Workers, batches
 from .rundir import RunDir
@@ -128,11 +129,24 @@ class StageContext:
 
     def save_ranking(self, ranking: BlockRanking, *, space_hash: str = "") -> RankingRef:
         """Store a block's ranking (:meth:`RunDir.save_ranking`; call it on process 0) and hand it
-        to the ``dnax_block_ranked`` observers as it is, without reading it back."""
-        ref = self.run_dir.save_ranking(ranking, space_hash=space_hash)
+        to the ``dnax_block_ranked`` observers as it is, without reading it back. A ranking
+        whose arrays do not have one entry per candidate, or of a block the teacher does not
+        have, is a PluginError and nothing is written. ``block`` is None for the observers only
+        where the context holds no teacher result (outside the runner)."""
+        evaluator = type(self.plugins.evaluator).__name__
+        for name, arr in (ranking.scores | ranking.costs).items():
+            if len(arr) != len(ranking.candidates):
+                raise PluginError(f"$.evaluator: {evaluator} stored block {ranking.block}'s "
+                                  f"'{name}' with {len(arr)} entries for "
+                                  f"{len(ranking.candidates)} candidates")
         teacher = self.results.get("teacher")
-        block = next((b for b in teacher.blocks if b.index == ranking.block), None) \
-            if teacher is not None else None
+        block = None  # outside the runner a context may hold no teacher result
+        if teacher is not None:
+            block = next((b for b in teacher.blocks if b.index == ranking.block), None)
+            if block is None:
+                raise PluginError(f"$.evaluator: {evaluator} stored a ranking for block "
+                                  f"{ranking.block}, which the teacher does not have")
+        ref = self.run_dir.save_ranking(ranking, space_hash=space_hash)
         self.hook.dnax_block_ranked(block=block, ranking=ranking)
         self._ranked.add(ranking.block)
         return ref

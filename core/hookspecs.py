@@ -13,9 +13,10 @@ Implement any hook with ``@dnax.hookimpl`` in a module listed under the entry-po
 * lifecycle hooks report a run as it goes (process 0 only under torchrun); observers (the CLI's
   progress display, loggers, trackers) implement any of them to follow a run without touching
   the core, and their return values are ignored. The runner (:mod:`dnax.runner`) fires
-  ``dnax_pipeline_start`` / ``dnax_pipeline_end``, ``dnax_stage_start`` / ``dnax_stage_end``,
-  ``dnax_block_ranked`` (once the evaluator has stored a block's ranking) and
-  ``dnax_selection_made``. Plugins fire the others from inside their stage:
+  ``dnax_pipeline_start`` / ``dnax_pipeline_end``, ``dnax_stage_start`` / ``dnax_stage_end``
+  and ``dnax_selection_made``; :meth:`dnax.StageContext.save_ranking` fires
+  ``dnax_block_ranked`` as the evaluator stores a block's ranking. Plugins fire the others
+  from inside their stage:
   ``dnax_progress`` and ``dnax_log`` through :meth:`dnax.StageContext.progress` and
   :meth:`~dnax.StageContext.log`, and a block trainer fires ``dnax_block_trained`` itself
   (``ctx.hook.dnax_block_trained(...)``, as the built-in ``distill`` trainer does), so a

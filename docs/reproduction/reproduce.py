@@ -40,7 +40,7 @@ from typing import Any
 
 # The steps live in the package beside this script (docs/reproduction/repro/, one module each).
 # Run as `python docs/reproduction/reproduce.py` this folder is on sys.path already; a caller that
-# loads the script by its path (tests/test_reproduction.py) needs it added.
+# loads the script by its path (tests/integration/test_reproduction.py) needs it added.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch

@@ -46,7 +46,6 @@ from .runtimes import measure_model
 #: ``format`` and ``format_version`` of a latency table
 KIND = "dnax-latency"
 VERSION = 2
-#: the runtimes a table can be measured with
 
 
 def _table_file(_inst: Any, _attr: Any, value: Path) -> None:

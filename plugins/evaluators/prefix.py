@@ -106,7 +106,7 @@ class PrefixEvaluator(dnax.Evaluator):
                 ref = dnax.RankingRef(spec.index, f"{stem}.safetensors", f"{stem}.json",
                                       sum(math.prod(s) for s in shapes))
             refs.append(ref)
-        ctx.dist.barrier()  # every rank reads the rankings back right after this stage
+        ctx.dist.barrier()  # every process reads the rankings back right after this stage
         return dnax.RankResult(blocks=tuple(refs), key="nmae")
 
     # --- steps ----------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class PrefixEvaluator(dnax.Evaluator):
         n = len(dataset)
         if n == 0:
             raise dnax.DataError("$.data: the heldout split has no images")
-        # the same seeded subsets on every rank: ranks split candidates, not images
+        # the same seeded subsets in every process: processes split candidates, not images
         order = torch.randperm(n, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
         wanted = cfg.batches * cfg.batch_size
         n_score = _full_batches(min(n, wanted), cfg.batch_size)
@@ -212,7 +212,7 @@ class PrefixEvaluator(dnax.Evaluator):
                                    max_batch=cfg.max_batch, progress=report))
             done += n
         scores = torch.cat(parts)
-        if ctx.dist.enabled:  # each candidate's row is filled on one rank only, zero elsewhere
+        if ctx.dist.enabled:  # each candidate's row is filled in one process only, zero elsewhere
             import torch.distributed as tdist
 
             tdist.reduce(scores, dst=0, op=tdist.ReduceOp.SUM)

@@ -87,7 +87,7 @@ def block_lrs(lr: Sequence[float], n: int) -> list[float]:
 
 class PathSampler:
     """The op of every layer of every cell for a step, a pure function of (seed, epoch, step):
-    the same on every rank and after a resume. ``fair``: within each run of k steps (k = ops of
+    the same in every process and after a resume. ``fair``: within each run of k steps (k = ops of
     the layer) every op of a layer is used once."""
 
     def __init__(self, cells: Sequence[Sequence[dnax.CellSpec]], mode: str, seed: int):
@@ -327,7 +327,7 @@ class Distill(dnax.BlockTrainer):
                 if done % cfg.log_every and done % cfg.checkpoint_every and not at_end:
                     continue
                 window = torch.stack(pending).float()
-                if ctx.dist.enabled:  # every rank sees (and stops on) the same mean losses
+                if ctx.dist.enabled:  # every process sees (and stops on) the same mean losses
                     torch.distributed.all_reduce(window)
                     window /= world
                 window = window.cpu()

@@ -7,6 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dnax
@@ -231,8 +232,8 @@ def _dist_worker(rank, run_dir, port, out):
 
 
 @pytest.mark.slow
-def test_two_processes_run_the_pipeline_hooks_on_rank_0_only(tmp_path):
-    """torchrun-style (gloo): both ranks run every stage; observers hear each event once."""
+def test_two_processes_run_the_pipeline_hooks_on_process_0_only(tmp_path):
+    """torchrun-style (gloo): both processes run every stage; observers hear each event once."""
     import socket
 
     import torch.multiprocessing as mp
@@ -300,3 +301,64 @@ def test_a_selection_without_arch_def_is_refused_and_nothing_after_it_runs(pipel
     rd = RunDir(tmp_path)
     assert rd.exists("stages/rank.json") and not rd.exists("stages/select.json")
     assert not rd.exists("selection.json") and CALLS["retrain"] == 0
+
+
+class _Evaluators:
+    """Evaluators that store rankings the old way (``ctx.run_dir.save_ranking``, block 1 only
+    with ``mixed``) or with one entry too few."""
+
+    @dnax.hookimpl
+    def dnax_register_evaluators(self, register):
+        from standins import StandinEvaluator
+
+        class Old(StandinEvaluator):
+            mixed = False
+
+            def rank(self, ctx):
+                refs = []
+                for spec in ctx.results["teacher"].blocks:
+                    cands = tuple(ctx.plugins.space.candidates(spec))
+                    r = dnax.BlockRanking(spec.index, cands, {"nmae": np.arange(len(cands)) / 8})
+                    save = ctx.save_ranking if self.mixed and spec.index == 0 \
+                        else ctx.run_dir.save_ranking  # the run directory's own: no hook fired
+                    refs.append(save(r))
+                return dnax.RankResult(tuple(refs))
+
+        class Mixed(Old):
+            mixed = True
+
+        class Short(StandinEvaluator):
+            def rank(self, ctx):
+                spec = ctx.results["teacher"].blocks[0]
+                cands = tuple(ctx.plugins.space.candidates(spec))
+                ctx.save_ranking(dnax.BlockRanking(spec.index, cands,
+                                                   {"nmae": np.zeros(len(cands) - 1)}))
+
+        register("old", Old)
+        register("mixed", Mixed)
+        register("short", Short)
+
+
+@pytest.mark.parametrize("plugin", ["old", "mixed"])
+def test_rankings_stored_the_old_way_still_reach_the_observers_once(plugin, pipeline, tmp_path):
+    reg = Registry.create(entry_points=False, plugins=[StandinPlugin(), _Evaluators()])
+    rec = Recorder()
+    reg.pm.register(rec)
+    pipeline["evaluator"]["plugin"] = plugin
+    run = dnax.run_pipeline(pipeline, tmp_path, registry=reg)
+    ranked = [e for e in rec.events if e.startswith("ranked")]
+    assert ranked == ["ranked0:4", "ranked1:4"]
+    assert rec.events.index("ranked1:4") < rec.events.index("rank:run")
+    assert run.selection.arch_def
+
+
+def test_a_ranking_without_one_entry_per_candidate_is_refused_before_it_is_written(
+        pipeline, tmp_path):
+    reg = Registry.create(entry_points=False, plugins=[StandinPlugin(), _Evaluators()])
+    pipeline["evaluator"]["plugin"] = "short"
+    with pytest.raises(dnax.PluginError) as e:
+        dnax.run_pipeline(pipeline, tmp_path, registry=reg)
+    assert str(e.value) == ("$.evaluator: Short stored block 0's 'nmae' with 3 entries for 4 "
+                            "candidates")
+    rd = RunDir(tmp_path)
+    assert not rd.exists("rankings/block0.safetensors") and not rd.exists("stages/rank.json")

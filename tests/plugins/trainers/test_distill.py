@@ -173,7 +173,7 @@ def _ddp_worker(rank: int, run_dir: str, port: int) -> None:
 
 @pytest.mark.slow
 def test_two_processes_train_under_ddp(tmp_path):
-    """torchrun-style: two gloo processes, each on its shard; rank 0 writes, both ranks end with
+    """torchrun-style: two gloo processes, each on its shard; process 0 writes, both end with
     the same weights."""
     import socket
 
@@ -183,7 +183,7 @@ def test_two_processes_train_under_ddp(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(str(tmp_path), port), nprocs=2)
-    # the same steps in one process: without sharding and all-reduce rank 0 would equal it
+    # the same steps in one process: without sharding and all-reduce process 0 would equal it
     single = tmp_path / "single"
     config = pipeline(epochs=1, steps_per_epoch=3)
     config["pipeline"]["deterministic"] = False
@@ -198,9 +198,9 @@ def test_two_processes_train_under_ddp(tmp_path):
         assert written.keys() == theirs.keys() == alone.keys()
         stats = [k for k in written if "running_" in k]
         params = [k for k in written if "running_" not in k and "num_batches" not in k]
-        # all-reduce: the ranks' parameters are equal
+        # all-reduce: the processes' parameters are equal
         assert all(torch.equal(written[k], theirs[k]) for k in params)
-        # sharding: BatchNorm statistics follow each rank's own images
+        # sharding: BatchNorm statistics follow each process's own images
         assert any(not torch.equal(written[k], theirs[k]) for k in stats)
         # and the result is not what one process gets from its own batches
         assert any(not torch.allclose(written[k], alone[k]) for k in params)
