@@ -8,5 +8,9 @@ Nothing here is a plugin or a stage; the CLI (``dnax correlate``, ``dnax profile
 * :mod:`.profile`: latency tables (``dnax profile``) and their check against whole networks;
   the latency cost model (:mod:`dnax.plugins.costs.latency`) only reads them.
 * :mod:`.bench_data`, :mod:`.bench_train`, :mod:`.bench_rank`, :mod:`.bench_select`: the
-  stage benches behind ``dnax bench``.
+  stage benches behind ``dnax bench``;
+* :mod:`.reports`: each bench's report (figures, ratios against goals, machine, versions) and
+  the rows of its table, which the CLI renders;
+* :mod:`.suite`: the parts of ``dnax bench all``, each in a process of its own, under a
+  deadline.
 """

@@ -14,7 +14,7 @@ from paths import EXAMPLES, ROOT
 from typer.testing import CliRunner
 
 from dnax.cli.bench import bench_app
-from dnax.cli.bench_all import PARTS
+from dnax.plugins.measure.suite import PARTS
 
 pytestmark = pytest.mark.slow  # runs the bench parts (pipelines)
 
@@ -152,7 +152,7 @@ def test_bench_train_takes_a_teacher_model_only_with_a_preset():
 
 
 def test_paper_rank_extrapolates_each_cell_by_its_leaves():
-    from dnax.cli.bench_all import _units, extrapolate
+    from dnax.plugins.measure.suite import _units, extrapolate
 
     # by hand: 2 s for 6 of 288 leaves -> 96 s; 1 s for 36 of 1296 -> 36 s; a whole cell as is
     assert extrapolate([(2.0, 6, 288), (1.0, 36, 1296), (0.5, 6, 6)]) == pytest.approx(132.5)
@@ -163,7 +163,7 @@ def test_paper_rank_extrapolates_each_cell_by_its_leaves():
 
 
 def test_paper_rank_counts_the_paper_space():
-    from dnax.cli.bench import _teacher_and_space
+    from dnax.plugins.measure.reports import teacher_and_space as _teacher_and_space
 
     _, teacher, space, _ = _teacher_and_space(None, "paper")
     blocks = teacher.blocks(224)
@@ -172,7 +172,7 @@ def test_paper_rank_counts_the_paper_space():
 
 
 def test_a_stopped_paper_rank_names_the_cells_it_walked(tmp_path):
-    from dnax.cli.bench_all import PAPER_CELL, PARTIAL
+    from dnax.plugins.measure.suite import PAPER_CELL, PARTIAL
 
     cell = {"block": 0, "cell": 0, "shape": [6, 6], "seconds": 1.5, "leaves": 6,
             "candidates": 36}

@@ -14,7 +14,8 @@ import torch
 from paths import EXAMPLES
 from typer.testing import CliRunner
 
-from dnax.cli.bench import bench_app, fmt
+from dnax.cli.bench import bench_app
+from dnax.plugins.measure.reports import fmt
 
 pytestmark = pytest.mark.slow  # runs the bench commands (training, ranking, selection)
 

@@ -9,7 +9,6 @@ from collections import Counter
 import pytest
 import torch
 
-from dnax.cli.bench import RANK_MAX_BATCH, rank_report
 from dnax.plugins.evaluators.tree import (
     MAX_BATCH,
     _preserved,
@@ -21,6 +20,7 @@ from dnax.plugins.evaluators.tree import (
     walk_cell,
 )
 from dnax.plugins.measure.bench_rank import bench_supernet, floor_shapes, walk_floor
+from dnax.plugins.measure.reports import RANK_MAX_BATCH, rank_report
 
 
 def brute_force_nodes(shape: tuple[int, ...]) -> Counter:
